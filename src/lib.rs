@@ -1,0 +1,8 @@
+//! stox: a SIP <-> XMPP gateway, run as an XMPP external component (XEP-0114).
+//!
+//! See ARCHITECTURE.md for the module map.
+
+pub mod address;
+pub mod config;
+pub mod mapping;
+pub mod sip;

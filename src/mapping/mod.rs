@@ -1,0 +1,3 @@
+//! Pure mappings between SIP and XMPP.
+
+pub mod xhtml;

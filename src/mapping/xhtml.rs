@@ -1,0 +1,1 @@
+//! text/html -> XHTML-IM (XEP-0071).

@@ -1,0 +1,1 @@
+//! RFC 3263 server location.

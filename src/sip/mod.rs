@@ -1,0 +1,3 @@
+//! stox's SIP user agent, on rsipstack's codec.
+
+pub mod locate;
