@@ -1,1 +1,685 @@
-//! Configuration (component.toml).
+//! Configuration: `component.toml`, read once at start.
+//!
+//! Every problem is reported as one line that names the key, e.g.
+//! `sip.listen[1]: "udp:1.2.3:5060" is not valid: expected udp:IP:PORT or tcp:IP:PORT`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// A config problem: the key it concerns and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn invalid(key: impl Into<String>, value: &str, why: impl fmt::Display) -> Self {
+        ConfigError::new(key, format!("{value:?} is not valid: {why}"))
+    }
+}
+
+/// A secret from the config: never printed, not even by `{:?}`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenTransport {
+    Udp,
+    Tcp,
+}
+
+impl fmt::Display for ListenTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ListenTransport::Udp => "udp",
+            ListenTransport::Tcp => "tcp",
+        })
+    }
+}
+
+/// One SIP listener: `udp:IP:PORT` or `tcp:IP:PORT` (IPv6 as `tcp:[::1]:5060`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub transport: ListenTransport,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (t, addr) = s
+            .split_once(':')
+            .ok_or("expected udp:IP:PORT or tcp:IP:PORT")?;
+        let transport = match t.to_ascii_lowercase().as_str() {
+            "udp" => ListenTransport::Udp,
+            "tcp" => ListenTransport::Tcp,
+            other => return Err(format!("unknown transport {other:?} (udp or tcp)")),
+        };
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|_| "expected udp:IP:PORT or tcp:IP:PORT with a numeric IP".to_string())?;
+        Ok(Listen { transport, addr })
+    }
+}
+
+/// RFC 3261 timers (section 17.1.1.1), configurable for networks with long round trips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timers {
+    pub t1_ms: u64,
+    pub t2_ms: u64,
+    pub t4_ms: u64,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct XmppConfig {
+    /// The component's domain, e.g. `sip.example.com`.
+    pub jid: String,
+    /// host:port of the XMPP server's component listener.
+    pub server: String,
+    pub secret: Secret,
+    /// XMPP domains whose users may use the gateway.
+    pub domains: Vec<String>,
+    /// Upper bound of the reconnect backoff.
+    pub reconnect_max_ms: u64,
+    /// Stanzas waiting for the link; beyond this, new ones are refused at once.
+    pub queue_limit: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct SipConfig {
+    pub listen: Vec<Listen>,
+    /// `domains[i]` stands for `xmpp.domains[i]` on the SIP side.
+    pub domains: Vec<String>,
+    pub outbound_proxy: Option<String>,
+    /// SIP domain -> SIP URI of the next hop, consulted before DNS.
+    pub routes: BTreeMap<String, String>,
+    pub default_domain: Option<String>,
+    /// host[:port] written in Via and Contact when the listen address is not reachable as is.
+    pub advertise: Option<String>,
+    pub timers: Timers,
+    /// Largest SIP message accepted or sent, in bytes.
+    pub max_message_size: usize,
+    pub user_agent: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DnsConfig {
+    /// Empty: the system resolver.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub xmpp: XmppConfig,
+    pub sip: SipConfig,
+    pub dns: DnsConfig,
+}
+
+// The file's shape. Unknown keys are errors, so a typo never silently falls back to a default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    xmpp: RawXmpp,
+    #[serde(default)]
+    sip: RawSip,
+    #[serde(default)]
+    dns: RawDns,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawXmpp {
+    jid: String,
+    server: String,
+    secret: Secret,
+    domains: Vec<String>,
+    #[serde(default = "default_reconnect_max_ms")]
+    reconnect_max_ms: u64,
+    #[serde(default = "default_queue_limit")]
+    queue_limit: usize,
+}
+
+fn default_reconnect_max_ms() -> u64 {
+    30_000
+}
+
+fn default_queue_limit() -> usize {
+    4096
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSip {
+    #[serde(default)]
+    listen: Option<Vec<String>>,
+    #[serde(default)]
+    domains: Option<Vec<String>>,
+    #[serde(default)]
+    outbound_proxy: Option<String>,
+    #[serde(default)]
+    routes: BTreeMap<String, String>,
+    #[serde(default)]
+    default_domain: Option<String>,
+    #[serde(default)]
+    advertise: Option<String>,
+    #[serde(default)]
+    timers: RawTimers,
+    #[serde(default)]
+    max_message_size: Option<usize>,
+    #[serde(default)]
+    user_agent: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimers {
+    t1_ms: Option<u64>,
+    t2_ms: Option<u64>,
+    t4_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    nameservers: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                path.display().to_string(),
+                format!("cannot read the config file: {e}"),
+            )
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw = parse_raw(text)?;
+        validate(raw)
+    }
+}
+
+fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_syntax_error(text, &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        serde_error(text, &path, &inner)
+    })
+}
+
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            format!("line {}", before.lines().count().max(1))
+        }
+        None => "config".into(),
+    }
+}
+
+fn toml_syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    ConfigError::new(
+        line_of(text, e.span()),
+        format!("invalid TOML: {}", one_line(e.message())),
+    )
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+// serde's messages name the field but the path points at its parent: make them name the key.
+fn serde_error(text: &str, path: &str, e: &toml::de::Error) -> ConfigError {
+    let msg = one_line(e.message());
+    let join = |field: &str| {
+        if path.is_empty() || path == "." {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        }
+    };
+    if let Some(rest) = msg.strip_prefix("missing field `") {
+        if let Some((field, _)) = rest.split_once('`') {
+            return ConfigError::new(join(field), "is missing");
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        if let Some((field, expected)) = rest.split_once('`') {
+            let expected = expected.trim_start_matches(',').trim();
+            // The path already ends at the unknown key.
+            let key = if path.ends_with(field) {
+                path.to_string()
+            } else {
+                join(field)
+            };
+            return ConfigError::new(
+                key,
+                format!("is not a known key ({expected})"),
+            );
+        }
+    }
+    let key = if path.is_empty() || path == "." {
+        line_of(text, e.span())
+    } else {
+        path.to_string()
+    };
+    ConfigError::new(key, msg)
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let jid = raw.xmpp.jid.trim().to_ascii_lowercase();
+    check_domain("xmpp.jid", &jid)?;
+    let server = raw.xmpp.server.trim().to_string();
+    check_host_port("xmpp.server", &server)?;
+    if raw.xmpp.secret.expose().is_empty() {
+        return Err(ConfigError::new("xmpp.secret", "is empty"));
+    }
+    if raw.xmpp.domains.is_empty() {
+        return Err(ConfigError::new(
+            "xmpp.domains",
+            "is empty: name at least one XMPP domain whose users may use the gateway",
+        ));
+    }
+    let mut xmpp_domains = Vec::new();
+    for (i, d) in raw.xmpp.domains.iter().enumerate() {
+        let d = d.trim().to_ascii_lowercase();
+        check_domain(&format!("xmpp.domains[{i}]"), &d)?;
+        if d == jid {
+            return Err(ConfigError::invalid(
+                format!("xmpp.domains[{i}]"),
+                &d,
+                "it is the component's own domain (xmpp.jid)",
+            ));
+        }
+        xmpp_domains.push(d);
+    }
+    if raw.xmpp.queue_limit == 0 {
+        return Err(ConfigError::new("xmpp.queue_limit", "must be at least 1"));
+    }
+
+    let listen_raw = raw
+        .sip
+        .listen
+        .unwrap_or_else(|| vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()]);
+    if listen_raw.is_empty() {
+        return Err(ConfigError::new("sip.listen", "is empty"));
+    }
+    let mut listen = Vec::new();
+    for (i, l) in listen_raw.iter().enumerate() {
+        let parsed: Listen = l
+            .trim()
+            .parse()
+            .map_err(|e: String| ConfigError::invalid(format!("sip.listen[{i}]"), l, e))?;
+        if listen.contains(&parsed) {
+            return Err(ConfigError::invalid(
+                format!("sip.listen[{i}]"),
+                l,
+                "listed twice",
+            ));
+        }
+        listen.push(parsed);
+    }
+
+    let sip_domains = match raw.sip.domains {
+        None => xmpp_domains.clone(),
+        Some(ds) => {
+            if ds.len() != xmpp_domains.len() {
+                return Err(ConfigError::new(
+                    "sip.domains",
+                    format!(
+                        "has {} entries but xmpp.domains has {}: sip.domains[i] stands for xmpp.domains[i]",
+                        ds.len(),
+                        xmpp_domains.len()
+                    ),
+                ));
+            }
+            let mut out = Vec::new();
+            for (i, d) in ds.iter().enumerate() {
+                let d = d.trim().to_ascii_lowercase();
+                check_domain(&format!("sip.domains[{i}]"), &d)?;
+                out.push(d);
+            }
+            out
+        }
+    };
+
+    let outbound_proxy = match raw.sip.outbound_proxy {
+        Some(p) => {
+            check_next_hop("sip.outbound_proxy", &p)?;
+            Some(p.trim().to_string())
+        }
+        None => None,
+    };
+    let mut routes = BTreeMap::new();
+    for (domain, uri) in raw.sip.routes {
+        let d = domain.trim().to_ascii_lowercase();
+        check_domain(&format!("sip.routes.{domain}"), &d).map_err(|_| {
+            ConfigError::invalid(format!("sip.routes.{domain}"), &domain, "not a domain name")
+        })?;
+        check_next_hop(&format!("sip.routes.{domain}"), &uri)?;
+        routes.insert(d, uri.trim().to_string());
+    }
+    let default_domain = match raw.sip.default_domain {
+        Some(d) => {
+            let d = d.trim().to_ascii_lowercase();
+            check_domain("sip.default_domain", &d)?;
+            Some(d)
+        }
+        None => None,
+    };
+    let advertise = match raw.sip.advertise {
+        Some(a) => {
+            let a = a.trim().to_string();
+            check_host_port_optional("sip.advertise", &a)?;
+            Some(a)
+        }
+        None => {
+            if let Some(l) = listen.iter().find(|l| l.addr.ip().is_unspecified()) {
+                return Err(ConfigError::new(
+                    "sip.advertise",
+                    format!(
+                        "is required when a listener binds the unspecified address ({}:{}): name the host peers should reach",
+                        l.transport, l.addr
+                    ),
+                ));
+            }
+            None
+        }
+    };
+    let d = Timers::default();
+    let timers = Timers {
+        t1_ms: raw.sip.timers.t1_ms.unwrap_or(d.t1_ms),
+        t2_ms: raw.sip.timers.t2_ms.unwrap_or(d.t2_ms),
+        t4_ms: raw.sip.timers.t4_ms.unwrap_or(d.t4_ms),
+    };
+    if timers.t1_ms == 0 || timers.t1_ms > 60_000 {
+        return Err(ConfigError::new(
+            "sip.timers.t1_ms",
+            "must be between 1 and 60000",
+        ));
+    }
+    if timers.t2_ms < timers.t1_ms || timers.t2_ms > 600_000 {
+        return Err(ConfigError::new(
+            "sip.timers.t2_ms",
+            "must be at least t1_ms and at most 600000",
+        ));
+    }
+    if timers.t4_ms > 600_000 {
+        return Err(ConfigError::new(
+            "sip.timers.t4_ms",
+            "must be at most 600000",
+        ));
+    }
+    let max_message_size = raw.sip.max_message_size.unwrap_or(65_535);
+    if !(1024..=16 * 1024 * 1024).contains(&max_message_size) {
+        return Err(ConfigError::new(
+            "sip.max_message_size",
+            "must be between 1024 and 16777216 bytes",
+        ));
+    }
+    let user_agent = raw
+        .sip
+        .user_agent
+        .unwrap_or_else(|| format!("stox/{}", env!("CARGO_PKG_VERSION")));
+    if user_agent.chars().any(|c| c.is_control()) {
+        return Err(ConfigError::new(
+            "sip.user_agent",
+            "must not contain control characters",
+        ));
+    }
+
+    let mut nameservers = Vec::new();
+    for (i, n) in raw.dns.nameservers.iter().enumerate() {
+        let addr: SocketAddr = n.trim().parse().map_err(|_| {
+            ConfigError::invalid(
+                format!("dns.nameservers[{i}]"),
+                n,
+                "expected IP:PORT, e.g. 127.0.0.1:53 or [::1]:53",
+            )
+        })?;
+        nameservers.push(addr);
+    }
+
+    Ok(Config {
+        xmpp: XmppConfig {
+            jid,
+            server,
+            secret: raw.xmpp.secret,
+            domains: xmpp_domains,
+            reconnect_max_ms: raw.xmpp.reconnect_max_ms.max(100),
+            queue_limit: raw.xmpp.queue_limit,
+        },
+        sip: SipConfig {
+            listen,
+            domains: sip_domains,
+            outbound_proxy,
+            routes,
+            default_domain,
+            advertise,
+            timers,
+            max_message_size,
+            user_agent,
+        },
+        dns: DnsConfig { nameservers },
+    })
+}
+
+fn check_domain(key: &str, d: &str) -> Result<(), ConfigError> {
+    let ok = !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(key, d, "not a domain name"))
+    }
+}
+
+fn check_host_port(key: &str, s: &str) -> Result<(), ConfigError> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().map(|p| p > 0).unwrap_or(false) => {
+            check_domain(key, host).map_err(|_| ConfigError::invalid(key, s, "expected host:port"))
+        }
+        _ => Err(ConfigError::invalid(key, s, "expected host:port")),
+    }
+}
+
+fn check_host_port_optional(key: &str, s: &str) -> Result<(), ConfigError> {
+    if s.parse::<std::net::IpAddr>().is_ok() || check_domain(key, s).is_ok() {
+        return Ok(());
+    }
+    if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        if inner.parse::<std::net::Ipv6Addr>().is_ok() {
+            return Ok(());
+        }
+    }
+    check_host_port(key, s).map_err(|_| ConfigError::invalid(key, s, "expected host or host:port"))
+}
+
+fn check_next_hop(key: &str, uri: &str) -> Result<(), ConfigError> {
+    crate::sip::NextHop::parse(uri)
+        .map(|_| ())
+        .map_err(|e| ConfigError::invalid(key, uri, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[xmpp]
+jid = "sip.example.com"
+server = "127.0.0.1:5347"
+secret = "s3cret"
+domains = ["example.com"]
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_minimal_config_takes_the_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.xmpp.jid, "sip.example.com");
+        assert_eq!(c.sip.domains, vec!["example.com"]);
+        assert_eq!(c.sip.listen.len(), 2);
+        assert_eq!(c.sip.timers, Timers::default());
+        assert!(c.dns.nameservers.is_empty());
+    }
+
+    #[test]
+    fn the_secret_never_shows_in_debug_output() {
+        let c = Config::parse(MINIMAL).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+        assert!(dbg.contains("<redacted>"));
+    }
+
+    #[test]
+    fn a_missing_secret_names_the_key() {
+        let text = MINIMAL.replace("secret = \"s3cret\"\n", "");
+        assert_eq!(err(&text), "xmpp.secret: is missing");
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_key() {
+        let text = format!("{MINIMAL}colour = 1\n");
+        let e = err(&text);
+        assert!(e.starts_with("xmpp.colour: is not a known key"), "{e}");
+        let e = err(&format!("{MINIMAL}[sip]\nlisten_on = []\n"));
+        assert!(e.starts_with("sip.listen_on: is not a known key"), "{e}");
+    }
+
+    #[test]
+    fn an_unparsable_listen_address_names_the_key() {
+        let text = format!("{MINIMAL}[sip]\nlisten = [\"udp:127.0.0.1:5060\", \"udp:1.2.3:5060\"]\n");
+        let e = err(&text);
+        assert!(e.starts_with("sip.listen[1]: \"udp:1.2.3:5060\" is not valid"), "{e}");
+        let e = err(&format!("{MINIMAL}[sip]\nlisten = [\"sctp:127.0.0.1:5060\"]\n"));
+        assert!(e.contains("unknown transport"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let text = MINIMAL.replace("domains = [\"example.com\"]", "domains = \"example.com\"");
+        let e = err(&text);
+        assert!(e.starts_with("xmpp.domains: "), "{e}");
+    }
+
+    #[test]
+    fn invalid_toml_is_one_line_with_the_line_number() {
+        let e = err("[xmpp]\njid = \n");
+        assert!(e.starts_with("line 2: invalid TOML"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn every_error_is_a_single_line() {
+        for text in [
+            "",
+            "[xmpp]",
+            "x",
+            "[xmpp]\njid=1",
+            &MINIMAL.replace("127.0.0.1:5347", "nope"),
+            &format!("{MINIMAL}[dns]\nnameservers = [\"127.0.0.1\"]\n"),
+            &format!("{MINIMAL}[sip]\ndomains = [\"a.example\", \"b.example\"]\n"),
+            &format!("{MINIMAL}[sip]\nroutes = {{ \"sip.test\" = \"http://x\" }}\n"),
+            &format!("{MINIMAL}[sip]\nlisten = [\"udp:0.0.0.0:5060\"]\n"),
+        ] {
+            let e = err(text);
+            assert!(!e.contains('\n'), "{e}");
+            assert!(e.contains(": "), "{e}");
+        }
+    }
+
+    #[test]
+    fn sip_domains_must_pair_with_xmpp_domains() {
+        let e = err(&format!(
+            "{MINIMAL}[sip]\ndomains = [\"a.example\", \"b.example\"]\n"
+        ));
+        assert!(e.starts_with("sip.domains: has 2 entries"), "{e}");
+    }
+
+    #[test]
+    fn routes_and_proxy_are_checked() {
+        let c = Config::parse(&format!(
+            "{MINIMAL}[sip]\noutbound_proxy = \"sip:proxy.example.net;transport=tcp\"\nroutes = {{ \"Sip.Test\" = \"sip:127.0.0.1:5070\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.sip.routes.get("sip.test").unwrap(), "sip:127.0.0.1:5070");
+        let e = err(&format!(
+            "{MINIMAL}[sip]\nroutes = {{ \"sip.test\" = \"mailto:x@y\" }}\n"
+        ));
+        assert!(e.starts_with("sip.routes.sip.test: "), "{e}");
+    }
+
+    #[test]
+    fn the_unspecified_address_needs_advertise() {
+        let e = err(&format!("{MINIMAL}[sip]\nlisten = [\"udp:0.0.0.0:5060\"]\n"));
+        assert!(e.starts_with("sip.advertise: is required"), "{e}");
+        Config::parse(&format!(
+            "{MINIMAL}[sip]\nlisten = [\"udp:0.0.0.0:5060\"]\nadvertise = \"gw.example.com\"\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_file_names_the_path() {
+        let e = Config::load(Path::new("/nonexistent/stox.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/nonexistent/stox.toml: cannot read"), "{e}");
+    }
+}
