@@ -294,10 +294,7 @@ fn serde_error(text: &str, path: &str, e: &toml::de::Error) -> ConfigError {
             } else {
                 join(field)
             };
-            return ConfigError::new(
-                key,
-                format!("is not a known key ({expected})"),
-            );
+            return ConfigError::new(key, format!("is not a known key ({expected})"));
         }
     }
     let key = if path.is_empty() || path == "." {
@@ -604,10 +601,16 @@ domains = ["example.com"]
 
     #[test]
     fn an_unparsable_listen_address_names_the_key() {
-        let text = format!("{MINIMAL}[sip]\nlisten = [\"udp:127.0.0.1:5060\", \"udp:1.2.3:5060\"]\n");
+        let text =
+            format!("{MINIMAL}[sip]\nlisten = [\"udp:127.0.0.1:5060\", \"udp:1.2.3:5060\"]\n");
         let e = err(&text);
-        assert!(e.starts_with("sip.listen[1]: \"udp:1.2.3:5060\" is not valid"), "{e}");
-        let e = err(&format!("{MINIMAL}[sip]\nlisten = [\"sctp:127.0.0.1:5060\"]\n"));
+        assert!(
+            e.starts_with("sip.listen[1]: \"udp:1.2.3:5060\" is not valid"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MINIMAL}[sip]\nlisten = [\"sctp:127.0.0.1:5060\"]\n"
+        ));
         assert!(e.contains("unknown transport"), "{e}");
     }
 
@@ -667,7 +670,9 @@ domains = ["example.com"]
 
     #[test]
     fn the_unspecified_address_needs_advertise() {
-        let e = err(&format!("{MINIMAL}[sip]\nlisten = [\"udp:0.0.0.0:5060\"]\n"));
+        let e = err(&format!(
+            "{MINIMAL}[sip]\nlisten = [\"udp:0.0.0.0:5060\"]\n"
+        ));
         assert!(e.starts_with("sip.advertise: is required"), "{e}");
         Config::parse(&format!(
             "{MINIMAL}[sip]\nlisten = [\"udp:0.0.0.0:5060\"]\nadvertise = \"gw.example.com\"\n"

@@ -88,8 +88,7 @@ const TOKEN_EXTRA: &[u8] = b"-.!%*_+`'~";
 
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || TOKEN_EXTRA.contains(&b))
 }
 
@@ -372,11 +371,10 @@ pub fn parse(buf: &[u8], framing: Framing, max: usize) -> Result<Parsed, Reject>
             len,
         })
     } else {
-        let response =
-            build_response(lexed.start, headers, body).map_err(|why| Reject::Drop {
-                why,
-                len: frame_len,
-            })?;
+        let response = build_response(lexed.start, headers, body).map_err(|why| Reject::Drop {
+            why,
+            len: frame_len,
+        })?;
         Ok(Parsed {
             message: SipMessage::Response(response),
             len,
@@ -494,8 +492,11 @@ fn build_response(start: &str, headers: Headers, body: Vec<u8>) -> Result<Respon
         body,
     };
     let via = response.via_header().map_err(|_| "response without Via")?;
-    typed::Via::parse(first_list_value(via.value())).map_err(|_| "response with a malformed Via")?;
-    response.call_id_header().map_err(|_| "response without Call-ID")?;
+    typed::Via::parse(first_list_value(via.value()))
+        .map_err(|_| "response with a malformed Via")?;
+    response
+        .call_id_header()
+        .map_err(|_| "response without Call-ID")?;
     let cseq = response
         .cseq_header()
         .map_err(|_| "response without CSeq")?;
@@ -573,12 +574,10 @@ pub fn response_to(req: &Request, status: u16, reason: Option<&str>, to_tag: &st
             Header::Via(_) | Header::From(_) | Header::CallId(_) | Header::CSeq(_) => {
                 headers.push(h.clone())
             }
-            Header::To(t) => {
-                headers.push(Header::To(rsipstack::sip::To::new(to_with_tag(
-                    t.value(),
-                    to_tag,
-                ))))
-            }
+            Header::To(t) => headers.push(Header::To(rsipstack::sip::To::new(to_with_tag(
+                t.value(),
+                to_tag,
+            )))),
             _ => {}
         }
     }
@@ -646,10 +645,7 @@ mod tests {
         };
         assert_eq!(r.method, Method::Message);
         assert_eq!(r.body, b"Neither, fair saint, if either thee dislike.");
-        assert_eq!(
-            r.call_id_header().unwrap().value(),
-            "M4spr4vdu@example.net"
-        );
+        assert_eq!(r.call_id_header().unwrap().value(), "M4spr4vdu@example.net");
     }
 
     #[test]
@@ -744,9 +740,15 @@ mod tests {
     #[test]
     fn missing_mandatory_headers_are_named() {
         for (line, why) in [
-            ("Call-ID: M4spr4vdu@example.net\r\n", "Missing Call-ID header"),
+            (
+                "Call-ID: M4spr4vdu@example.net\r\n",
+                "Missing Call-ID header",
+            ),
             ("CSeq: 1 MESSAGE\r\n", "Missing CSeq header"),
-            ("From: sip:romeo@example.net;tag=r1\r\n", "Missing From header"),
+            (
+                "From: sip:romeo@example.net;tag=r1\r\n",
+                "Missing From header",
+            ),
             ("To: sip:juliet@example.com\r\n", "Missing To header"),
         ] {
             let text = romeo_message("", "hi").replace(line, "");
@@ -797,21 +799,33 @@ mod tests {
     #[test]
     fn lowercase_methods_are_unknown() {
         let text = romeo_message("", "hi").replace("MESSAGE sip:", "message sip:");
-        assert_eq!(answer(parse(text.as_bytes(), Framing::Datagram, MAX)).0, 501);
+        assert_eq!(
+            answer(parse(text.as_bytes(), Framing::Datagram, MAX)).0,
+            501
+        );
     }
 
     #[test]
     fn other_versions_get_505_and_other_schemes_416() {
         let text = romeo_message("", "hi").replace("SIP/2.0\r\nVia", "SIP/3.0\r\nVia");
-        assert_eq!(answer(parse(text.as_bytes(), Framing::Datagram, MAX)).0, 505);
+        assert_eq!(
+            answer(parse(text.as_bytes(), Framing::Datagram, MAX)).0,
+            505
+        );
         let text = romeo_message("", "hi").replace("MESSAGE sip:juliet", "MESSAGE http:juliet");
-        assert_eq!(answer(parse(text.as_bytes(), Framing::Datagram, MAX)).0, 416);
+        assert_eq!(
+            answer(parse(text.as_bytes(), Framing::Datagram, MAX)).0,
+            416
+        );
     }
 
     #[test]
     fn an_oversized_request_gets_513() {
         let text = romeo_message("", &"x".repeat(2000));
-        assert_eq!(answer(parse(text.as_bytes(), Framing::Datagram, 1024)).0, 513);
+        assert_eq!(
+            answer(parse(text.as_bytes(), Framing::Datagram, 1024)).0,
+            513
+        );
         assert_eq!(answer(parse(text.as_bytes(), Framing::Stream, 1024)).0, 513);
     }
 

@@ -4,8 +4,10 @@
 //! Only this module names rsipstack; the rest of stox sees `Request`/`Response` through
 //! the re-exports below and the typed handles of [`endpoint`].
 
+pub mod core;
 pub mod locate;
 pub mod message;
+pub mod transaction;
 
 pub use rsipstack::sip::{Method, Request, Response, SipMessage};
 

@@ -1,0 +1,1045 @@
+//! The transaction layer of stox's SIP user agent, sans-IO.
+//!
+//! ```text
+//!            handle_message / handle_reject / handle_timeout / handle_transport_error
+//!   bytes ->  [ SipCore: transaction tables (RFC 3261 17), Via/rport (18, RFC 3581) ] -> poll_output()
+//!            send_request / respond (from the transaction user)       Transmit | Event
+//! ```
+//!
+//! The driver (`endpoint`) owns the sockets and the clock: after every input it drains
+//! `poll_output()` and sleeps until `poll_timeout()`. Tests drive it with a virtual clock.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use rand::Rng;
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{typed, Header, Method, Request, Response, SipMessage};
+
+use super::locate::{Target, Transport};
+use super::message::{self, first_list_value, Echo, Reject};
+use super::transaction::{
+    ClientNonInvite, ClientTimer, ServerInvite, ServerInviteTimer, ServerNonInvite, Timers,
+};
+
+/// RFC 3261 18.1.1: a request within 200 bytes of a 1500-byte MTU goes over TCP.
+pub const UDP_REQUEST_LIMIT: usize = 1300;
+
+/// A stream connection, as numbered by the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// Where a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    pub transport: Transport,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    /// The connection it came on (stream transports).
+    pub conn: Option<ConnId>,
+}
+
+/// A listener of ours, and the sent-by we write in Via for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    pub sent_by: String,
+}
+
+/// Bytes to put on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub transport: Transport,
+    pub to: SocketAddr,
+    /// Send on this connection if it is still open; otherwise connect to `to`.
+    pub conn: Option<ConnId>,
+    /// The local address to send from (UDP), when it matters.
+    pub from: Option<SocketAddr>,
+    pub bytes: Bytes,
+    /// The client transaction this carries, so a failure to connect can be reported.
+    pub client: Option<u64>,
+}
+
+/// Identifies a server transaction to the transaction user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServerTxId(u64);
+
+/// Why a client transaction failed without a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Timer F (or B): no final response in 64*T1.
+    Timeout,
+    /// The transport could not deliver the request.
+    Transport,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// A new request for the transaction user; answer it with `respond(id, ..)`.
+    Request {
+        id: ServerTxId,
+        request: Request,
+        source: Source,
+    },
+    /// A response to the request the TU sent with this token.
+    Response { token: u64, response: Response },
+    /// The request sent with this token got no final response.
+    Failed { token: u64, failure: Failure },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ServerKey {
+    branch: String,
+    sent_by: String,
+    method: Method,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    branch: String,
+    method: String,
+}
+
+enum ServerMachine {
+    NonInvite(ServerNonInvite),
+    Invite(ServerInvite),
+}
+
+struct ServerTx {
+    key: ServerKey,
+    machine: ServerMachine,
+    /// Where responses go (RFC 3261 18.2.2, RFC 3581).
+    reply: Transmit,
+    to_tag: String,
+    scheduled: Option<Instant>,
+}
+
+struct ClientTx {
+    key: ClientKey,
+    token: u64,
+    machine: ClientNonInvite,
+    transmit: Transmit,
+    scheduled: Option<Instant>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TxRef {
+    Server(u64),
+    Client(u64),
+}
+
+/// Counts for the operator and the benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub server_transactions: usize,
+    pub client_transactions: usize,
+}
+
+pub struct SipCore {
+    timers: Timers,
+    locals: Vec<Local>,
+    max_message_size: usize,
+    next_id: u64,
+    servers: HashMap<u64, ServerTx>,
+    server_keys: HashMap<ServerKey, u64>,
+    clients: HashMap<u64, ClientTx>,
+    client_keys: HashMap<ClientKey, u64>,
+    wakeups: BinaryHeap<Reverse<(Instant, TxRef)>>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+/// RFC 3261 8.1.1.7: the magic cookie marks an RFC 3261 branch.
+const MAGIC_COOKIE: &str = "z9hG4bK";
+
+pub fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+impl SipCore {
+    pub fn new(timers: Timers, locals: Vec<Local>, max_message_size: usize) -> Self {
+        SipCore {
+            timers,
+            locals,
+            max_message_size,
+            next_id: 1,
+            servers: HashMap::new(),
+            server_keys: HashMap::new(),
+            clients: HashMap::new(),
+            client_keys: HashMap::new(),
+            wakeups: BinaryHeap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            server_transactions: self.servers.len(),
+            client_transactions: self.clients.len(),
+        }
+    }
+
+    pub fn locals(&self) -> &[Local] {
+        &self.locals
+    }
+
+    pub fn timers(&self) -> Timers {
+        self.timers
+    }
+
+    fn id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    // ----- inputs -----
+
+    /// A parsed message from the network.
+    pub fn handle_message(&mut self, now: Instant, message: SipMessage, source: Source) {
+        match message {
+            SipMessage::Request(r) => self.handle_request(now, r, source),
+            SipMessage::Response(r) => self.handle_response(now, r),
+        }
+    }
+
+    /// Bytes that did not parse: answer them when they were a request we can route a reply to.
+    pub fn handle_reject(&mut self, reject: &Reject, source: Source) {
+        let Reject::Answer {
+            status,
+            reason,
+            echo,
+            ..
+        } = reject
+        else {
+            return;
+        };
+        let Some(reply) = reply_route(echo, &source) else {
+            tracing::debug!(remote = %source.remote, %status, %reason, "Cannot answer a malformed request: no usable Via.");
+            return;
+        };
+        let extra: &[(&str, &str)] = if matches!(status, 405 | 501) {
+            &[("Allow", message::ALLOW)]
+        } else {
+            &[]
+        };
+        let bytes = message::raw_response(echo, *status, reason, &random_token(10), extra);
+        self.transmits.push_back(Transmit {
+            bytes: Bytes::from(bytes),
+            ..reply
+        });
+    }
+
+    fn handle_request(&mut self, now: Instant, mut request: Request, source: Source) {
+        let Some(top) = request
+            .via_header()
+            .ok()
+            .and_then(|v| typed::Via::parse(first_list_value(v.value())).ok())
+        else {
+            return; // checked by message::parse; unreachable for parsed requests
+        };
+        let branch = top.branch().map(|b| b.to_string()).unwrap_or_default();
+        let sent_by = top.sent_by().to_string();
+        stamp_received(&mut request, &source);
+        let reply = match reply_route_for(&request, &source) {
+            Some(r) => r,
+            None => return,
+        };
+
+        if request.method == Method::Ack {
+            let key = ServerKey {
+                branch,
+                sent_by,
+                method: Method::Invite,
+            };
+            if let Some(id) = self.server_keys.get(&key).copied() {
+                if let Some(tx) = self.servers.get_mut(&id) {
+                    if let ServerMachine::Invite(m) = &mut tx.machine {
+                        m.on_ack(now);
+                    }
+                }
+                self.reschedule(TxRef::Server(id));
+            }
+            // An ACK for a 2xx belongs to a dialog; stox has none yet.
+            return;
+        }
+
+        let key = ServerKey {
+            branch: branch.clone(),
+            sent_by,
+            method: request.method,
+        };
+        // Requests from RFC 2543 peers have no usable branch: they get no retransmission
+        // matching, but are still answered.
+        let matchable = branch.starts_with(MAGIC_COOKIE);
+        if matchable {
+            if let Some(id) = self.server_keys.get(&key).copied() {
+                if let Some(tx) = self.servers.get(&id) {
+                    let again = match &tx.machine {
+                        ServerMachine::NonInvite(m) => m.on_retransmission(),
+                        ServerMachine::Invite(m) => m.on_retransmission(),
+                    };
+                    if let Some(bytes) = again {
+                        self.transmits.push_back(Transmit {
+                            bytes,
+                            ..tx.reply.clone()
+                        });
+                    }
+                }
+                return;
+            }
+        }
+
+        if request.method == Method::Cancel {
+            // A CANCEL for an INVITE we already answered finally (stox answers INVITE at once).
+            let invite = ServerKey {
+                method: Method::Invite,
+                ..key.clone()
+            };
+            let status = if self.server_keys.contains_key(&invite) {
+                200
+            } else {
+                481
+            };
+            let mut resp = SipMessage::Response(message::response_to(
+                &request,
+                status,
+                None,
+                &random_token(10),
+            ));
+            let bytes = Bytes::from(message::to_bytes(&mut resp));
+            self.transmits.push_back(Transmit { bytes, ..reply });
+            return;
+        }
+
+        let reliable = source.transport.is_reliable();
+        let machine = if request.method == Method::Invite {
+            ServerMachine::Invite(ServerInvite::new(now, reliable, self.timers))
+        } else {
+            ServerMachine::NonInvite(ServerNonInvite::new(now, reliable, self.timers))
+        };
+        let id = self.id();
+        if matchable {
+            self.server_keys.insert(key.clone(), id);
+        }
+        self.servers.insert(
+            id,
+            ServerTx {
+                key,
+                machine,
+                reply,
+                to_tag: random_token(10),
+                scheduled: None,
+            },
+        );
+        self.reschedule(TxRef::Server(id));
+        self.events.push_back(Event::Request {
+            id: ServerTxId(id),
+            request,
+            source,
+        });
+    }
+
+    fn handle_response(&mut self, now: Instant, response: Response) {
+        let Some(branch) = response
+            .via_header()
+            .ok()
+            .and_then(|v| typed::Via::parse(first_list_value(v.value())).ok())
+            .and_then(|v| v.branch().map(|b| b.to_string()))
+        else {
+            return;
+        };
+        let Some(method) = response
+            .cseq_header()
+            .ok()
+            .and_then(|c| c.value().split_whitespace().nth(1).map(str::to_string))
+        else {
+            return;
+        };
+        let key = ClientKey { branch, method };
+        let Some(id) = self.client_keys.get(&key).copied() else {
+            tracing::debug!(branch = %key.branch, "Stray response: no matching client transaction.");
+            return;
+        };
+        let status = response.status_code.code();
+        let Some(tx) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if tx.machine.on_response(now, status) {
+            self.events.push_back(Event::Response {
+                token: tx.token,
+                response,
+            });
+        }
+        self.reschedule(TxRef::Client(id));
+    }
+
+    /// The driver could not deliver bytes for this client transaction (connect or write failed).
+    pub fn handle_transport_error(&mut self, client: u64) {
+        if let Some(tx) = self.clients.get_mut(&client) {
+            if !tx.machine.is_terminated()
+                && tx.machine.state() != super::transaction::ClientState::Completed
+            {
+                tx.machine.on_transport_error();
+                self.events.push_back(Event::Failed {
+                    token: tx.token,
+                    failure: Failure::Transport,
+                });
+            }
+            self.reschedule(TxRef::Client(client));
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, r))) = self.wakeups.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.wakeups.pop();
+            match r {
+                TxRef::Server(id) => {
+                    let Some(tx) = self.servers.get_mut(&id) else {
+                        continue;
+                    };
+                    if tx.scheduled != Some(at) {
+                        continue; // superseded
+                    }
+                    tx.scheduled = None;
+                    match &mut tx.machine {
+                        ServerMachine::NonInvite(m) => m.on_timer(now),
+                        ServerMachine::Invite(m) => match m.on_timer(now) {
+                            ServerInviteTimer::Retransmit(bytes) => {
+                                self.transmits.push_back(Transmit {
+                                    bytes,
+                                    ..tx.reply.clone()
+                                })
+                            }
+                            ServerInviteTimer::NoAck => {
+                                tracing::debug!(branch = %tx.key.branch, "No ACK for a final response to INVITE (timer H).")
+                            }
+                            ServerInviteTimer::Idle => {}
+                        },
+                    }
+                }
+                TxRef::Client(id) => {
+                    let Some(tx) = self.clients.get_mut(&id) else {
+                        continue;
+                    };
+                    if tx.scheduled != Some(at) {
+                        continue;
+                    }
+                    tx.scheduled = None;
+                    match tx.machine.on_timer(now) {
+                        ClientTimer::Retransmit => self.transmits.push_back(tx.transmit.clone()),
+                        ClientTimer::Timeout => self.events.push_back(Event::Failed {
+                            token: tx.token,
+                            failure: Failure::Timeout,
+                        }),
+                        ClientTimer::Idle => {}
+                    }
+                }
+            }
+            self.reschedule(r);
+        }
+    }
+
+    // ----- from the transaction user -----
+
+    /// Sends `request` (without a Via of ours) to `target` in a new client transaction.
+    /// Events for it carry `token`. Returns false when no listener can send it.
+    pub fn send_request(
+        &mut self,
+        now: Instant,
+        mut request: Request,
+        mut target: Target,
+        token: u64,
+    ) -> bool {
+        let has_tcp = self.locals.iter().any(|l| l.transport == Transport::Tcp);
+        let mut bytes = Vec::new();
+        let mut branch = String::new();
+        for attempt in 0..2 {
+            let Some(local) = self.local_for(target.transport, target.addr) else {
+                return false;
+            };
+            branch = format!("{MAGIC_COOKIE}{}", random_token(16));
+            let via = format!(
+                "SIP/2.0/{} {};branch={branch};rport",
+                target.transport.via_name(),
+                local.sent_by
+            );
+            request.headers.retain(|h| !matches!(h, Header::Via(_)));
+            request
+                .headers
+                .push_front(Header::Via(rsipstack::sip::Via::new(via)));
+            if request.max_forwards_header().is_err() {
+                request
+                    .headers
+                    .push(Header::MaxForwards(rsipstack::sip::MaxForwards::new("70")));
+            }
+            let mut msg = SipMessage::Request(request.clone());
+            bytes = message::to_bytes(&mut msg);
+            if attempt == 0
+                && target.transport == Transport::Udp
+                && bytes.len() > UDP_REQUEST_LIMIT
+                && has_tcp
+            {
+                target.transport = Transport::Tcp;
+                continue;
+            }
+            break;
+        }
+        let from = self
+            .local_for(target.transport, target.addr)
+            .map(|l| l.addr);
+        let id = self.id();
+        let transmit = Transmit {
+            transport: target.transport,
+            to: target.addr,
+            conn: None,
+            from,
+            bytes: Bytes::from(bytes),
+            client: Some(id),
+        };
+        let key = ClientKey {
+            branch,
+            method: request.method.to_string(),
+        };
+        self.client_keys.insert(key.clone(), id);
+        self.clients.insert(
+            id,
+            ClientTx {
+                key,
+                token,
+                machine: ClientNonInvite::new(now, target.transport.is_reliable(), self.timers),
+                transmit: transmit.clone(),
+                scheduled: None,
+            },
+        );
+        self.transmits.push_back(transmit);
+        self.reschedule(TxRef::Client(id));
+        true
+    }
+
+    /// Answers the request of server transaction `id`. A missing To tag is added.
+    pub fn respond(&mut self, now: Instant, id: ServerTxId, mut response: Response) {
+        let Some(tx) = self.servers.get_mut(&id.0) else {
+            tracing::debug!("Response for a transaction that has ended; dropped.");
+            return;
+        };
+        for h in response.headers.iter_mut() {
+            if let Header::To(t) = h {
+                *t = rsipstack::sip::To::new(message::to_with_tag(t.value(), &tx.to_tag));
+            }
+        }
+        let status = response.status_code.code();
+        let mut msg = SipMessage::Response(response);
+        let bytes = Bytes::from(message::to_bytes(&mut msg));
+        if bytes.len() > self.max_message_size {
+            tracing::warn!(len = bytes.len(), "Response over the size limit; not sent.");
+            return;
+        }
+        let ok = match &mut tx.machine {
+            ServerMachine::NonInvite(m) => m.on_respond(now, status, bytes.clone()),
+            ServerMachine::Invite(m) => m.on_respond(now, status, bytes.clone()),
+        };
+        if ok {
+            self.transmits.push_back(Transmit {
+                bytes,
+                ..tx.reply.clone()
+            });
+        }
+        self.reschedule(TxRef::Server(id.0));
+    }
+
+    /// The To tag this server transaction puts in its responses.
+    pub fn to_tag(&self, id: ServerTxId) -> Option<&str> {
+        self.servers.get(&id.0).map(|t| t.to_tag.as_str())
+    }
+
+    // ----- outputs -----
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.wakeups.peek().map(|Reverse((at, _))| *at)
+    }
+
+    // ----- internals -----
+
+    fn local_for(&self, transport: Transport, to: SocketAddr) -> Option<&Local> {
+        self.locals
+            .iter()
+            .find(|l| l.transport == transport && l.addr.is_ipv4() == to.is_ipv4())
+            .or_else(|| self.locals.iter().find(|l| l.transport == transport))
+    }
+
+    /// Re-arms the wakeup of a transaction after a state change; drops ended ones.
+    fn reschedule(&mut self, r: TxRef) {
+        match r {
+            TxRef::Server(id) => {
+                let Some(tx) = self.servers.get_mut(&id) else {
+                    return;
+                };
+                let (terminated, deadline) = match &tx.machine {
+                    ServerMachine::NonInvite(m) => (m.is_terminated(), m.deadline()),
+                    ServerMachine::Invite(m) => (m.is_terminated(), m.deadline()),
+                };
+                if terminated {
+                    let key = tx.key.clone();
+                    self.servers.remove(&id);
+                    if self.server_keys.get(&key) == Some(&id) {
+                        self.server_keys.remove(&key);
+                    }
+                    return;
+                }
+                if deadline != tx.scheduled {
+                    tx.scheduled = deadline;
+                    if let Some(d) = deadline {
+                        self.wakeups.push(Reverse((d, r)));
+                    }
+                }
+            }
+            TxRef::Client(id) => {
+                let Some(tx) = self.clients.get_mut(&id) else {
+                    return;
+                };
+                if tx.machine.is_terminated() {
+                    let key = tx.key.clone();
+                    self.clients.remove(&id);
+                    self.client_keys.remove(&key);
+                    return;
+                }
+                let deadline = tx.machine.deadline();
+                if deadline != tx.scheduled {
+                    tx.scheduled = deadline;
+                    if let Some(d) = deadline {
+                        self.wakeups.push(Reverse((d, r)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// RFC 3261 18.2.1 and RFC 3581 4: record where the request really came from in its top Via.
+fn stamp_received(request: &mut Request, source: &Source) {
+    for h in request.headers.iter_mut() {
+        if let Header::Via(via) = h {
+            let value = via.value().to_string();
+            let top = first_list_value(&value);
+            let rest = value[value
+                .find(top)
+                .map(|i| i + top.len())
+                .unwrap_or(value.len())..]
+                .to_string();
+            let Ok(parsed) = typed::Via::parse(top) else {
+                return;
+            };
+            let ip = source.remote.ip();
+            let host_is_ip = parsed
+                .sent_by()
+                .host
+                .to_string()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .map(|h| h == ip)
+                .unwrap_or(false);
+            let wants_rport = parsed.rport().is_some();
+            let mut params: Vec<String> = top.split(';').map(|s| s.trim().to_string()).collect();
+            let mut changed = false;
+            if wants_rport {
+                for p in params.iter_mut().skip(1) {
+                    if p.eq_ignore_ascii_case("rport") {
+                        *p = format!("rport={}", source.remote.port());
+                        changed = true;
+                    }
+                }
+            }
+            if !host_is_ip || wants_rport {
+                params.retain(|p| !p.to_ascii_lowercase().starts_with("received="));
+                params.push(format!("received={ip}"));
+                changed = true;
+            }
+            if changed {
+                *via = rsipstack::sip::Via::new(format!("{}{}", params.join(";"), rest));
+            }
+            return;
+        }
+    }
+}
+
+/// RFC 3261 18.2.2 (with RFC 3581): where a response to this request goes.
+fn reply_route_for(request: &Request, source: &Source) -> Option<Transmit> {
+    let via = request.via_header().ok()?;
+    let top = typed::Via::parse(first_list_value(via.value())).ok()?;
+    Some(route_from_via(&top, source))
+}
+
+fn reply_route(echo: &Echo, source: &Source) -> Option<Transmit> {
+    if source.transport.is_reliable() {
+        // On a stream the answer goes back on the connection, Via or not.
+        return Some(Transmit {
+            transport: source.transport,
+            to: source.remote,
+            conn: source.conn,
+            from: Some(source.local),
+            bytes: Bytes::new(),
+            client: None,
+        });
+    }
+    let top = echo.top_via()?;
+    Some(route_from_via(&top, source))
+}
+
+fn route_from_via(top: &typed::Via, source: &Source) -> Transmit {
+    let mut to = source.remote;
+    if !source.transport.is_reliable() {
+        // With rport the reply goes to the source port; without it, to the sent-by port
+        // at the received address.
+        let rport = top.rport();
+        if rport.is_none() {
+            let port = top
+                .sent_by()
+                .port
+                .as_ref()
+                .map(|p| p.value())
+                .unwrap_or(5060);
+            to = SocketAddr::new(source.remote.ip(), port);
+        }
+    }
+    Transmit {
+        transport: source.transport,
+        to,
+        conn: source.conn,
+        from: Some(source.local),
+        bytes: Bytes::new(),
+        client: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::{parse, Framing};
+    use std::time::Duration;
+
+    fn local() -> Vec<Local> {
+        vec![
+            Local {
+                transport: Transport::Udp,
+                addr: "127.0.0.1:5060".parse().unwrap(),
+                sent_by: "127.0.0.1:5060".into(),
+            },
+            Local {
+                transport: Transport::Tcp,
+                addr: "127.0.0.1:5060".parse().unwrap(),
+                sent_by: "127.0.0.1:5060".into(),
+            },
+        ]
+    }
+
+    fn udp_source() -> Source {
+        Source {
+            transport: Transport::Udp,
+            remote: "127.0.0.2:5070".parse().unwrap(),
+            local: "127.0.0.1:5060".parse().unwrap(),
+            conn: None,
+        }
+    }
+
+    fn romeo_message(branch: &str, via_extra: &str) -> SipMessage {
+        let text = format!(
+            "MESSAGE sip:juliet@example.com SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.2:5070;branch={branch}{via_extra}\r\n\
+             Max-Forwards: 70\r\n\
+             To: sip:juliet@example.com\r\n\
+             From: sip:romeo@example.net;tag=r1\r\n\
+             Call-ID: M4spr4vdu@example.net\r\n\
+             CSeq: 1 MESSAGE\r\n\
+             Content-Type: text/plain\r\n\
+             Content-Length: 2\r\n\r\nhi"
+        );
+        parse(text.as_bytes(), Framing::Datagram, 65535)
+            .unwrap()
+            .message
+    }
+
+    fn drain(core: &mut SipCore) -> (Vec<Transmit>, Vec<Event>) {
+        let mut t = Vec::new();
+        let mut e = Vec::new();
+        while let Some(x) = core.poll_transmit() {
+            t.push(x);
+        }
+        while let Some(x) = core.poll_event() {
+            e.push(x);
+        }
+        (t, e)
+    }
+
+    #[test]
+    fn a_request_reaches_the_tu_once_and_retransmissions_get_the_same_answer() {
+        let t0 = Instant::now();
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        core.handle_message(t0, romeo_message("z9hG4bK1", ""), udp_source());
+        let (t, e) = drain(&mut core);
+        assert!(t.is_empty());
+        let [Event::Request { id, request, .. }] = &e[..] else {
+            panic!("{e:?}")
+        };
+        // A retransmission before the answer is absorbed.
+        core.handle_message(t0, romeo_message("z9hG4bK1", ""), udp_source());
+        assert!(drain(&mut core).1.is_empty());
+        core.respond(t0, *id, message::response_to(request, 200, None, "ignored"));
+        let (t, _) = drain(&mut core);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].to, "127.0.0.2:5070".parse().unwrap());
+        let first = t[0].bytes.clone();
+        core.handle_message(
+            t0 + Duration::from_secs(1),
+            romeo_message("z9hG4bK1", ""),
+            udp_source(),
+        );
+        let (t, e) = drain(&mut core);
+        assert!(e.is_empty());
+        assert_eq!(t[0].bytes, first, "the same 200, same To tag");
+        // Timer J ends it; the same branch is then a new request.
+        core.handle_timeout(t0 + Duration::from_secs(32));
+        assert_eq!(core.stats().server_transactions, 0);
+    }
+
+    #[test]
+    fn rport_and_received_are_stamped_and_used() {
+        let t0 = Instant::now();
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        let mut src = udp_source();
+        src.remote = "10.0.0.9:40000".parse().unwrap();
+        core.handle_message(t0, romeo_message("z9hG4bK2", ";rport"), src);
+        let (_, e) = drain(&mut core);
+        let Event::Request { id, request, .. } = &e[0] else {
+            panic!()
+        };
+        let via = request.via_header().unwrap().value().to_string();
+        assert_eq!(
+            via,
+            "SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bK2;rport=40000;received=10.0.0.9"
+        );
+        core.respond(t0, *id, message::response_to(request, 200, None, "x"));
+        let (t, _) = drain(&mut core);
+        assert_eq!(t[0].to, "10.0.0.9:40000".parse().unwrap());
+        let text = String::from_utf8_lossy(&t[0].bytes);
+        assert!(text.contains("rport=40000;received=10.0.0.9"), "{text}");
+    }
+
+    #[test]
+    fn without_rport_udp_replies_go_to_the_sent_by_port() {
+        let t0 = Instant::now();
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        let mut src = udp_source();
+        src.remote = "127.0.0.2:40000".parse().unwrap();
+        core.handle_message(t0, romeo_message("z9hG4bK3", ""), src);
+        let (_, e) = drain(&mut core);
+        let Event::Request { id, request, .. } = &e[0] else {
+            panic!()
+        };
+        core.respond(t0, *id, message::response_to(request, 200, None, "x"));
+        let (t, _) = drain(&mut core);
+        assert_eq!(t[0].to, "127.0.0.2:5070".parse().unwrap());
+    }
+
+    fn outgoing() -> Request {
+        let text = "MESSAGE sip:romeo@example.net SIP/2.0\r\n\
+                    To: <sip:romeo@example.net>\r\n\
+                    From: <sip:juliet@example.com;gr=balcony>;tag=j1\r\n\
+                    Call-ID: Hr0zny9l3@example.com\r\n\
+                    CSeq: 1 MESSAGE\r\n\
+                    Content-Type: text/plain\r\n\
+                    Content-Length: 35\r\n\r\nArt thou not Romeo, and a Montague?";
+        // Parse needs a Via; add one and let send_request replace it.
+        let text = text.replacen("\r\n", "\r\nVia: SIP/2.0/UDP x;branch=z9hG4bKx\r\n", 1);
+        match parse(text.as_bytes(), Framing::Datagram, 65535)
+            .unwrap()
+            .message
+        {
+            SipMessage::Request(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    fn target(t: Transport) -> Target {
+        Target {
+            transport: t,
+            addr: "127.0.0.3:5080".parse().unwrap(),
+            server_name: "example.net".into(),
+        }
+    }
+
+    fn response_for(t: &Transmit, status: &str) -> SipMessage {
+        let sent = parse(&t.bytes, Framing::Datagram, 65535).unwrap().message;
+        let SipMessage::Request(req) = sent else {
+            panic!()
+        };
+        let via = req.via_header().unwrap().value().to_string();
+        let text = format!(
+            "SIP/2.0 {status}\r\nVia: {via}\r\nFrom: <sip:juliet@example.com>;tag=j1\r\n\
+             To: <sip:romeo@example.net>;tag=r9\r\nCall-ID: Hr0zny9l3@example.com\r\n\
+             CSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+        );
+        parse(text.as_bytes(), Framing::Datagram, 65535)
+            .unwrap()
+            .message
+    }
+
+    #[test]
+    fn a_sent_request_gets_our_via_and_its_response_reaches_the_tu() {
+        let t0 = Instant::now();
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        assert!(core.send_request(t0, outgoing(), target(Transport::Udp), 7));
+        let (t, _) = drain(&mut core);
+        let text = String::from_utf8_lossy(&t[0].bytes).to_string();
+        assert!(
+            text.contains("\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK"),
+            "{text}"
+        );
+        assert!(text.contains(";rport\r\n"), "{text}");
+        assert!(text.contains("Max-Forwards: 70\r\n"), "{text}");
+        assert_eq!(text.matches("Via:").count(), 1);
+        core.handle_message(t0, response_for(&t[0], "200 OK"), udp_source());
+        let (_, e) = drain(&mut core);
+        assert!(
+            matches!(&e[..], [Event::Response { token: 7, response }] if response.status_code.code() == 200)
+        );
+        // A retransmitted 200 is absorbed.
+        core.handle_message(t0, response_for(&t[0], "200 OK"), udp_source());
+        assert!(drain(&mut core).1.is_empty());
+    }
+
+    #[test]
+    fn an_unanswered_request_is_retransmitted_then_fails_with_timeout() {
+        let t0 = Instant::now();
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        core.send_request(t0, outgoing(), target(Transport::Udp), 9);
+        drain(&mut core);
+        let mut sends = 0;
+        let mut failed = false;
+        while let Some(at) = core.poll_timeout() {
+            core.handle_timeout(at);
+            let (t, e) = drain(&mut core);
+            sends += t.len();
+            if e.iter().any(|e| {
+                matches!(
+                    e,
+                    Event::Failed {
+                        token: 9,
+                        failure: Failure::Timeout
+                    }
+                )
+            }) {
+                assert_eq!(at, t0 + Duration::from_secs(32));
+                failed = true;
+            }
+        }
+        assert!(failed);
+        assert_eq!(sends, 10);
+        assert_eq!(core.stats().client_transactions, 0);
+    }
+
+    #[test]
+    fn a_big_request_switches_from_udp_to_tcp() {
+        let t0 = Instant::now();
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        let mut req = outgoing();
+        req.body = vec![b'x'; 1400];
+        core.send_request(t0, req, target(Transport::Udp), 1);
+        let (t, _) = drain(&mut core);
+        assert_eq!(t[0].transport, Transport::Tcp);
+        assert!(String::from_utf8_lossy(&t[0].bytes).contains("Via: SIP/2.0/TCP "));
+    }
+
+    #[test]
+    fn a_transport_error_fails_the_request() {
+        let t0 = Instant::now();
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        core.send_request(t0, outgoing(), target(Transport::Tcp), 4);
+        let (t, _) = drain(&mut core);
+        core.handle_transport_error(t[0].client.unwrap());
+        let (_, e) = drain(&mut core);
+        assert!(matches!(
+            &e[..],
+            [Event::Failed {
+                token: 4,
+                failure: Failure::Transport
+            }]
+        ));
+        assert_eq!(core.stats().client_transactions, 0);
+    }
+
+    #[test]
+    fn malformed_requests_are_answered_on_the_via_route() {
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        let text = "MESSAGE sip:juliet@example.com SIP/2.0\r\n\
+                    Via: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bK5\r\n\
+                    From: <sip:romeo@example.net>;tag=1\r\nTo: <sip:juliet@example.com>\r\n\
+                    CSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+        let reject = parse(text.as_bytes(), Framing::Datagram, 65535).unwrap_err();
+        core.handle_reject(&reject, udp_source());
+        let (t, _) = drain(&mut core);
+        let out = String::from_utf8_lossy(&t[0].bytes);
+        assert!(
+            out.starts_with("SIP/2.0 400 Missing Call-ID header\r\n"),
+            "{out}"
+        );
+        assert_eq!(t[0].to, "127.0.0.2:5070".parse().unwrap());
+    }
+
+    #[test]
+    fn an_invite_failure_is_retransmitted_until_the_ack() {
+        let t0 = Instant::now();
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        let text = "INVITE sip:juliet@example.com SIP/2.0\r\n\
+                    Via: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bK6\r\n\
+                    From: <sip:romeo@example.net>;tag=1\r\nTo: <sip:juliet@example.com>\r\n\
+                    Call-ID: inv1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let msg = parse(text.as_bytes(), Framing::Datagram, 65535)
+            .unwrap()
+            .message;
+        core.handle_message(t0, msg, udp_source());
+        let (_, e) = drain(&mut core);
+        let Event::Request { id, request, .. } = &e[0] else {
+            panic!()
+        };
+        core.respond(t0, *id, message::response_to(request, 405, None, "x"));
+        assert_eq!(drain(&mut core).0.len(), 1);
+        core.handle_timeout(t0 + Duration::from_millis(500));
+        assert_eq!(drain(&mut core).0.len(), 1, "timer G");
+        let ack = text
+            .replace("INVITE sip:", "ACK sip:")
+            .replace("1 INVITE", "1 ACK");
+        let msg = parse(ack.as_bytes(), Framing::Datagram, 65535)
+            .unwrap()
+            .message;
+        core.handle_message(t0 + Duration::from_millis(600), msg, udp_source());
+        core.handle_timeout(t0 + Duration::from_millis(1500));
+        assert!(
+            drain(&mut core).0.is_empty(),
+            "no more retransmissions after ACK"
+        );
+        core.handle_timeout(t0 + Duration::from_millis(5600));
+        assert_eq!(core.stats().server_transactions, 0);
+    }
+}
