@@ -688,3 +688,14 @@ domains = ["example.com"]
         assert!(e.starts_with("/nonexistent/stox.toml: cannot read"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn the_shipped_component_toml_is_valid() {
+        let text = include_str!("../component.toml");
+        let c = super::Config::parse(text).unwrap();
+        assert_eq!(c.xmpp.jid, "sip.localhost");
+        assert_eq!(c.xmpp.domains, vec!["localhost"]);
+    }
+}

@@ -4,5 +4,8 @@
 
 pub mod address;
 pub mod config;
+pub mod gateway;
+pub mod im;
 pub mod mapping;
 pub mod sip;
+pub mod xmpp;

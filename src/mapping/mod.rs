@@ -1,3 +1,5 @@
 //! Pure mappings between SIP and XMPP.
 
+pub mod error;
+pub mod message;
 pub mod xhtml;

@@ -1,0 +1,97 @@
+//! Wiring: binds the SIP listeners, starts the XMPP link, and routes what arrives on each
+//! side to the interworking modules until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rsipstack::sip::Method;
+use tokio::sync::mpsc;
+use xmpp_parsers::stanza::Stanza;
+
+use crate::address::{AddressError, AddressMap};
+use crate::config::Config;
+use crate::im::Im;
+use crate::sip::endpoint::{self, IncomingRequest, StartError};
+use crate::xmpp::link::{self, LinkConfig, XmppLink};
+use crate::xmpp::service;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Sip(#[from] StartError),
+    #[error("address mapping: {0}")]
+    Address(#[from] AddressError),
+}
+
+/// What a running gateway exposes to its caller (tests use it to wait for the link).
+pub struct Running {
+    pub xmpp: XmppLink,
+    pub sip: endpoint::SipHandle,
+}
+
+/// Starts the gateway and runs it until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let _running = start(config).await?;
+    shutdown.await;
+    tracing::info!("Shutting down.");
+    Ok(())
+}
+
+/// Starts every part and returns once the SIP listeners are bound (the XMPP link keeps
+/// connecting in the background).
+pub async fn start(config: Config) -> Result<Running, RunError> {
+    let addresses = Arc::new(AddressMap::new(
+        &config.xmpp.jid,
+        &config.xmpp.domains,
+        &config.sip.domains,
+        config.sip.default_domain.as_deref(),
+    )?);
+    let (sip, sip_requests) = endpoint::start(&config).await?;
+    let (inbound_tx, inbound) = mpsc::channel::<Stanza>(1024);
+    let xmpp = link::spawn(
+        LinkConfig {
+            jid: config.xmpp.jid.clone(),
+            server: config.xmpp.server.clone(),
+            secret: config.xmpp.secret.clone(),
+            ping_to: config.xmpp.domains.first().cloned().unwrap_or_default(),
+            reconnect_max: Duration::from_millis(config.xmpp.reconnect_max_ms),
+            queue_limit: config.xmpp.queue_limit,
+        },
+        inbound_tx,
+    );
+    let im = Arc::new(Im::new(addresses.clone(), sip.clone(), xmpp.clone()));
+    tokio::spawn(route_xmpp(inbound, im.clone()));
+    tokio::spawn(route_sip(sip_requests, im));
+    Ok(Running { xmpp, sip })
+}
+
+async fn route_xmpp(mut inbound: mpsc::Receiver<Stanza>, im: Arc<Im>) {
+    while let Some(stanza) = inbound.recv().await {
+        match stanza {
+            Stanza::Iq(iq) => {
+                if let Some(reply) = service::handle_iq(iq, &im.addresses) {
+                    im.xmpp.send(reply);
+                }
+            }
+            Stanza::Message(m) => {
+                tokio::spawn(im.clone().from_xmpp(m));
+            }
+            Stanza::Presence(p) => {
+                tracing::debug!(from = ?p.from, to = ?p.to, type_ = ?p.type_, "Presence is not bridged yet; ignored.");
+            }
+        }
+    }
+}
+
+async fn route_sip(mut requests: mpsc::Receiver<IncomingRequest>, im: Arc<Im>) {
+    while let Some(incoming) = requests.recv().await {
+        match incoming.request.method {
+            Method::Message => {
+                tokio::spawn(im.clone().from_sip(incoming));
+            }
+            Method::Options => im.options(incoming),
+            _ => im.unsupported(incoming),
+        }
+    }
+}

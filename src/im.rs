@@ -1,0 +1,316 @@
+//! Interworking of single messages (RFC 7572), both directions.
+//!
+//! The rule both directions keep: a message that was accepted is delivered or bounced.
+//! - SIP -> XMPP: the MESSAGE gets 200 only after its stanza is written to the XMPP
+//!   server; while the link is down it gets 503 with Retry-After, so the sender retries.
+//! - XMPP -> SIP: a MESSAGE that fails (a 3xx-6xx, a timeout, no route) comes back to the
+//!   XMPP sender as an error stanza mapped by RFC 7247 section 8.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{Header, Uri};
+use tracing::Instrument;
+use xmpp_parsers::message::{Message, MessageType};
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::{DefinedCondition, StanzaError};
+
+use crate::address::{AddressMap, SipAddress};
+use crate::mapping::error::{stanza_error, stanza_error_for_sip};
+use crate::mapping::message::{self as mm, MapError};
+use crate::sip::core::random_token;
+use crate::sip::endpoint::{IncomingRequest, SipError, SipHandle};
+use crate::sip::message::response_to;
+use crate::xmpp::link::XmppLink;
+
+/// What both directions share.
+pub struct Im {
+    pub addresses: Arc<AddressMap>,
+    pub sip: SipHandle,
+    pub xmpp: XmppLink,
+    cseq: AtomicU32,
+}
+
+impl Im {
+    pub fn new(addresses: Arc<AddressMap>, sip: SipHandle, xmpp: XmppLink) -> Self {
+        Im {
+            addresses,
+            sip,
+            xmpp,
+            // A CSeq only has to grow within a Call-ID; one counter for all keeps it simple.
+            cseq: AtomicU32::new(1),
+        }
+    }
+
+    fn next_cseq(&self) -> u32 {
+        let n = self.cseq.fetch_add(1, Ordering::Relaxed);
+        // RFC 3261 8.1.1.5: less than 2**31.
+        n % (1 << 31) + 1
+    }
+
+    // ----- From XMPP to SIP -----
+
+    /// An XMPP `<message/>` addressed to a JID at the gateway.
+    pub async fn from_xmpp(self: Arc<Self>, msg: Message) {
+        let span = tracing::info_span!(
+            "xmpp_message",
+            id = msg.id.as_ref().map(|i| i.0.as_str()).unwrap_or(""),
+            from = msg.from.as_ref().map(|j| j.to_string()).unwrap_or_default(),
+            to = msg.to.as_ref().map(|j| j.to_string()).unwrap_or_default(),
+        );
+        async move {
+            if msg.type_ == MessageType::Error {
+                tracing::debug!("Error message from XMPP ignored.");
+                return;
+            }
+            let (Some(from), Some(to)) = (msg.from.clone(), msg.to.clone()) else {
+                return;
+            };
+            if msg.type_ == MessageType::Groupchat {
+                self.bounce(&msg, stanza_error(DefinedCondition::FeatureNotImplemented, "Groupchat is not supported by this gateway"));
+                return;
+            }
+            let sender = match self.addresses.local_user_to_sip(&from) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::info!(error = %e, "Refused a message from outside the served domains.");
+                    self.bounce(&msg, stanza_error(e.xmpp_condition(), e.to_string()));
+                    return;
+                }
+            };
+            let target = match self.addresses.gateway_jid_to_sip(&to) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.bounce(&msg, stanza_error(e.xmpp_condition(), e.to_string()));
+                    return;
+                }
+            };
+            let call_id = msg
+                .thread
+                .as_ref()
+                .and_then(|t| mm::thread_to_call_id(&t.id))
+                .unwrap_or_else(|| format!("{}@{}", random_token(20), self.addresses.component()));
+            let request = match mm::xmpp_to_sip(&msg, &sender, &target, &call_id, self.next_cseq(), &random_token(10)) {
+                Ok(r) => r,
+                Err(MapError::NoBody) => {
+                    tracing::debug!("Message without a body; nothing to send in pager mode.");
+                    return;
+                }
+                Err(e) => {
+                    self.bounce(&msg, stanza_error(DefinedCondition::JidMalformed, e.to_string()));
+                    return;
+                }
+            };
+            let span = tracing::info_span!("sip_client", call_id = %call_id);
+            let result = self.sip.send(request).instrument(span).await;
+            match result {
+                Ok(r) if r.status_code.code() < 300 => {
+                    tracing::debug!(status = r.status_code.code(), "Delivered to SIP.");
+                }
+                Ok(r) => {
+                    let code = r.status_code.code();
+                    tracing::info!(status = code, "SIP refused the message; bouncing it.");
+                    self.bounce(&msg, stanza_error_for_sip(code, r.status_code.text()));
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "SIP delivery failed; bouncing the message.");
+                    let cond = match e {
+                        SipError::Timeout => DefinedCondition::RemoteServerTimeout,
+                        SipError::Locate(_) => DefinedCondition::RemoteServerNotFound,
+                        SipError::Transport | SipError::NoListener(_) | SipError::Stopped => {
+                            DefinedCondition::ServiceUnavailable
+                        }
+                    };
+                    self.bounce(&msg, stanza_error(cond, e.to_string()));
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Returns a message to its sender as an error (RFC 6120 8.3), with its body for context.
+    fn bounce(&self, original: &Message, error: StanzaError) {
+        let (Some(from), Some(to)) = (original.from.clone(), original.to.clone()) else {
+            return;
+        };
+        let mut m = Message::new(Some(from));
+        m.from = Some(to);
+        m.type_ = MessageType::Error;
+        m.id = original.id.clone();
+        m.bodies = original.bodies.clone();
+        m.thread = original.thread.clone();
+        m.payloads.push(Element::from(error));
+        self.xmpp.send(m);
+    }
+
+    // ----- From SIP to XMPP -----
+
+    /// A SIP MESSAGE for a user of a served domain.
+    pub async fn from_sip(self: Arc<Self>, incoming: IncomingRequest) {
+        let IncomingRequest {
+            request,
+            source,
+            responder,
+        } = incoming;
+        let call_id = request
+            .call_id_header()
+            .map(|c| c.value().to_string())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "sip_message",
+            %call_id,
+            cseq = request.cseq_header().map(|c| c.value().to_string()).unwrap_or_default(),
+            remote = %source.remote,
+        );
+        async move {
+            let answer =
+                |status: u16, reason: Option<&str>| response_to(&request, status, reason, "");
+            let target = match SipAddress::parse(&raw_uri(&request.uri))
+                .and_then(|a| self.addresses.sip_to_local_user(&a))
+            {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::info!(error = %e, "MESSAGE for an address stox does not serve.");
+                    responder.respond(answer(e.sip_status(), None));
+                    return;
+                }
+            };
+            let sender = match request
+                .from_header()
+                .ok()
+                .map(|f| addr_spec(f.value()))
+                .ok_or(crate::address::AddressError::Malformed("no From".into()))
+                .and_then(|s| SipAddress::parse(&s))
+                .and_then(|a| self.addresses.sip_to_gateway_jid(&a))
+            {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::info!(error = %e, "MESSAGE from an address that cannot be mapped.");
+                    responder.respond(answer(400, Some("From cannot be mapped to XMPP")));
+                    return;
+                }
+            };
+            let id = random_token(16);
+            let msg = match mm::sip_to_xmpp(&request, sender, target, id.clone()) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::info!(error = %e, "MESSAGE body cannot be carried to XMPP.");
+                    let mut r = answer(e.sip_status(), None);
+                    if e.sip_status() == 415 {
+                        r.headers
+                            .push(Header::Accept(rsipstack::sip::Accept::new(mm::ACCEPT)));
+                    }
+                    responder.respond(r);
+                    return;
+                }
+            };
+            match self.xmpp.deliver(msg).await {
+                Ok(()) => {
+                    tracing::debug!(stanza_id = %id, "Handed to the XMPP server.");
+                    responder.respond(answer(200, None));
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "XMPP link down; answering 503.");
+                    let mut r = answer(503, None);
+                    r.headers
+                        .push(Header::RetryAfter(rsipstack::sip::RetryAfter::new("5")));
+                    responder.respond(r);
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// OPTIONS (RFC 3261 11.2): what stox accepts.
+    pub fn options(&self, incoming: IncomingRequest) {
+        let mut r = response_to(&incoming.request, 200, None, "");
+        r.headers.push(Header::Allow(rsipstack::sip::Allow::new(
+            crate::sip::message::ALLOW,
+        )));
+        r.headers
+            .push(Header::Accept(rsipstack::sip::Accept::new(mm::ACCEPT)));
+        incoming.responder.respond(r);
+    }
+
+    /// Requests stox knows but does not serve yet.
+    pub fn unsupported(&self, incoming: IncomingRequest) {
+        let in_dialog = incoming
+            .request
+            .to_header()
+            .map(|t| t.value().to_ascii_lowercase().contains("tag="))
+            .unwrap_or(false);
+        let r = if in_dialog {
+            // stox holds no dialogs: any in-dialog request is for one that does not exist.
+            response_to(&incoming.request, 481, None, "")
+        } else {
+            let mut r = response_to(&incoming.request, 405, None, "");
+            r.headers.push(Header::Allow(rsipstack::sip::Allow::new(
+                crate::sip::message::ALLOW,
+            )));
+            r
+        };
+        incoming.responder.respond(r);
+    }
+}
+
+/// The Request-URI as received: rsipstack keeps the user part as written (still %-encoded)
+/// but re-encodes it on display, which would turn `%40` into `%2540`.
+fn raw_uri(uri: &Uri) -> String {
+    let mut s = String::new();
+    if let Some(scheme) = &uri.scheme {
+        s.push_str(&scheme.to_string());
+        s.push(':');
+    }
+    if let Some(auth) = &uri.auth {
+        s.push_str(&auth.user);
+        s.push('@');
+    }
+    s.push_str(&uri.host_with_port.to_string());
+    for p in &uri.params {
+        s.push_str(&p.to_string());
+    }
+    s
+}
+
+/// The URI of a From/To value (RFC 3261 20.10): inside `<>` if present, else up to the
+/// first `;` (which starts header parameters).
+pub fn addr_spec(value: &str) -> String {
+    if let Some(start) = value.find('<') {
+        let rest = &value[start + 1..];
+        rest[..rest.find('>').unwrap_or(rest.len())]
+            .trim()
+            .to_string()
+    } else {
+        value.split(';').next().unwrap_or("").trim().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addr_specs_come_out_of_name_addrs() {
+        assert_eq!(
+            addr_spec("\"Romeo\" <sip:romeo@example.net>;tag=1"),
+            "sip:romeo@example.net"
+        );
+        assert_eq!(
+            addr_spec("sip:romeo@example.net;tag=1"),
+            "sip:romeo@example.net"
+        );
+        assert_eq!(
+            addr_spec("<sip:a;b@example.net;gr=x>"),
+            "sip:a;b@example.net;gr=x"
+        );
+    }
+
+    #[test]
+    fn the_raw_request_uri_keeps_its_escapes() {
+        let uri = rsipstack::sip::parse_uri("sip:romeo%40home@example.net;user=phone").unwrap();
+        assert_eq!(raw_uri(&uri), "sip:romeo%40home@example.net;user=phone");
+    }
+}

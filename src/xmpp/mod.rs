@@ -1,0 +1,4 @@
+//! The XMPP side: the component link and the services the component itself offers.
+
+pub mod link;
+pub mod service;
