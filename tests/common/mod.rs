@@ -1,0 +1,786 @@
+//! Real peers for stox's interop tests, each started on loopback in a temp dir:
+//! Prosody, ejabberd, SIPp, a slixmpp client, and the stox binary itself.
+//!
+//! Nothing here is mocked. A missing peer fails the test with the package to install.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const SECRET: &str = "interop-secret";
+pub const COMPONENT: &str = "sip.localhost";
+
+/// Fails the test unless `bin` exists, naming the Debian package that brings it.
+pub fn need(bin: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin", "/sbin"] {
+        let p = Path::new(dir).join(bin);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{bin} is not installed: apt-get install {package} (or run .ci/run)");
+}
+
+/// A temp dir readable by other users (ejabberd drops to its own user).
+pub fn temp_dir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("stox-test-")
+        .tempdir()
+        .expect("temp dir");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    d
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1. Ports are handed out from a per-process
+/// range offset by the pid so parallel tests and test binaries do not collide.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 400) as u16 * 100;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = base + (n % 100);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+        assert!(n < 1000, "no free port found");
+    }
+}
+
+pub fn wait_for_port(port: u16, timeout: Duration, what: &str) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on 127.0.0.1:{port} within {timeout:?}");
+}
+
+/// Waits until `check` holds, polling.
+pub fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then SIGKILL after a grace period.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ----- Prosody -----
+
+pub struct Prosody {
+    pub dir: PathBuf,
+    pub c2s_port: u16,
+    pub component_port: u16,
+    config: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Prosody {
+    /// Writes a self-contained config (the component `sip.localhost`, the host
+    /// `localhost`), registers the users and starts Prosody.
+    pub fn start(dir: &Path, users: &[(&str, &str)]) -> Prosody {
+        let mut p = Prosody::configure(dir, users);
+        p.start_again();
+        p
+    }
+
+    /// Config and users only; `start_again` starts it.
+    pub fn configure(dir: &Path, users: &[(&str, &str)]) -> Prosody {
+        need("prosody", "prosody");
+        let dir = dir.join("prosody");
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let c2s_port = free_port();
+        let component_port = free_port();
+        let config = dir.join("prosody.cfg.lua");
+        let d = dir.display();
+        std::fs::write(
+            &config,
+            format!(
+                r#"-- written by stox's tests
+run_as_root = true
+daemonize = false
+pidfile = "{d}/prosody.pid"
+data_path = "{d}/data"
+plugin_paths = {{}}
+log = {{ {{ levels = {{ min = "debug" }}, to = "file", filename = "{d}/prosody.log" }} }}
+modules_enabled = {{ "roster", "saslauth", "disco", "ping", "presence", "private", "version" }}
+modules_disabled = {{ "s2s", "tls", "posix" }}
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+authentication = "internal_plain"
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {c2s_port} }}
+component_ports = {{ {component_port} }}
+component_interfaces = {{ "127.0.0.1" }}
+network_settings = {{ tcp_nodelay = true }}
+http_ports = {{}}
+https_ports = {{}}
+VirtualHost "localhost"
+Component "{COMPONENT}"
+    component_secret = "{SECRET}"
+"#
+            ),
+        )
+        .unwrap();
+        for (user, password) in users {
+            let out = Command::new("prosodyctl")
+                .arg("--config")
+                .arg(&config)
+                .args(["register", user, "localhost", password])
+                .output()
+                .expect("prosodyctl");
+            assert!(
+                out.status.success(),
+                "prosodyctl register {user}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Prosody {
+            dir,
+            c2s_port,
+            component_port,
+            config,
+            proc: None,
+        }
+    }
+
+    pub fn start_again(&mut self) {
+        let log = std::fs::File::create(self.dir.join("prosody.stdout")).unwrap();
+        let proc = Proc::spawn(
+            "prosody",
+            Command::new("prosody")
+                .arg("-F")
+                .arg("--config")
+                .arg(&self.config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+        );
+        self.proc = Some(proc);
+        wait_for_port(self.c2s_port, Duration::from_secs(15), "prosody");
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prosody.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ----- ejabberd -----
+
+pub struct Ejabberd {
+    pub dir: PathBuf,
+    pub c2s_port: u16,
+    pub component_port: u16,
+    node: String,
+    proc: Option<Proc>,
+}
+
+impl Ejabberd {
+    pub fn start(dir: &Path, users: &[(&str, &str)]) -> Ejabberd {
+        need("ejabberdctl", "ejabberd");
+        let dir = dir.join("ejabberd");
+        for sub in ["", "db", "log"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let c2s_port = free_port();
+        let component_port = free_port();
+        let dist_port = free_port();
+        let node = format!("stoxtest{}@localhost", std::process::id());
+        let d = dir.display();
+        std::fs::write(
+            dir.join("ejabberd.yml"),
+            format!(
+                r#"hosts:
+  - localhost
+loglevel: info
+log_rotate_count: 0
+certfiles: []
+define_macro: {{}}
+listen:
+  -
+    port: {c2s_port}
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    starttls: false
+  -
+    port: {component_port}
+    ip: "127.0.0.1"
+    module: ejabberd_service
+    hosts:
+      "{COMPONENT}":
+        password: "{SECRET}"
+auth_method: internal
+auth_password_format: plain
+s2s_access: none
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  local:
+    allow: local
+  c2s:
+    allow: all
+shaper_rules:
+  c2s_shaper: none
+  max_user_sessions: 10
+modules:
+  mod_disco: {{}}
+  mod_ping: {{}}
+  mod_roster: {{}}
+  mod_version: {{}}
+"#
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("ejabberdctl.cfg"),
+            format!(
+                "ERLANG_NODE={node}\nINET_DIST_INTERFACE=127.0.0.1\n\
+                 ERL_DIST_PORT={dist_port}\nEJABBERD_CONFIG_PATH={d}/ejabberd.yml\n"
+            ),
+        )
+        .unwrap();
+        let mut e = Ejabberd {
+            dir,
+            c2s_port,
+            component_port,
+            node,
+            proc: None,
+        };
+        let stdout = std::fs::File::create(e.dir.join("ejabberd.stdout")).unwrap();
+        e.proc = Some(Proc::spawn(
+            "ejabberd",
+            e.ctl()
+                .arg("foreground")
+                .stdin(Stdio::null())
+                .stdout(stdout.try_clone().unwrap())
+                .stderr(stdout),
+        ));
+        wait_for_port(c2s_port, Duration::from_secs(60), "ejabberd");
+        for (user, password) in users {
+            let out = e
+                .ctl()
+                .args(["register", user, "localhost", password])
+                .output()
+                .expect("ejabberdctl");
+            assert!(
+                out.status.success(),
+                "ejabberdctl register {user}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        e
+    }
+
+    fn ctl(&self) -> Command {
+        let d = &self.dir;
+        let mut c = Command::new("ejabberdctl");
+        c.arg("--config-dir")
+            .arg(d)
+            .arg("--config")
+            .arg(d.join("ejabberd.yml"))
+            .arg("--ctl-config")
+            .arg(d.join("ejabberdctl.cfg"))
+            .arg("--logs")
+            .arg(d.join("log"))
+            .arg("--spool")
+            .arg(d.join("db"))
+            .arg("--node")
+            .arg(&self.node)
+            .env("EJABBERD_BYPASS_WARNINGS", "true");
+        c
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log/ejabberd.log")).unwrap_or_default()
+            + &std::fs::read_to_string(self.dir.join("ejabberd.stdout")).unwrap_or_default()
+    }
+}
+
+impl Drop for Ejabberd {
+    fn drop(&mut self) {
+        let _ = self.ctl().arg("stop").output();
+        if let Some(mut p) = self.proc.take() {
+            p.terminate();
+        }
+    }
+}
+
+// ----- stox -----
+
+pub struct Stox {
+    pub dir: PathBuf,
+    pub sip_port: u16,
+    pub config: PathBuf,
+    proc: Option<Proc>,
+    log: PathBuf,
+}
+
+impl Stox {
+    /// The config stox gets in the tests; `extra` is appended (e.g. `[sip.routes]`).
+    pub fn config_text(component_port: u16, sip_port: u16, extra: &str) -> String {
+        format!(
+            r#"[xmpp]
+jid = "{COMPONENT}"
+server = "127.0.0.1:{component_port}"
+secret = "{SECRET}"
+domains = ["localhost"]
+reconnect_max_ms = 500
+
+[sip]
+listen = ["udp:127.0.0.1:{sip_port}", "tcp:127.0.0.1:{sip_port}"]
+{extra}
+"#
+        )
+    }
+
+    pub fn start(dir: &Path, component_port: u16, extra: &str) -> Stox {
+        let dir = dir.join("stox");
+        std::fs::create_dir_all(&dir).unwrap();
+        let sip_port = free_port();
+        let config = dir.join("component.toml");
+        std::fs::write(&config, Stox::config_text(component_port, sip_port, extra)).unwrap();
+        let mut s = Stox {
+            log: dir.join("stox.log"),
+            dir,
+            sip_port,
+            config,
+            proc: None,
+        };
+        s.start_again();
+        s
+    }
+
+    pub fn start_again(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.proc = Some(Proc::spawn(
+            "stox",
+            Command::new(env!("CARGO_BIN_EXE_stox"))
+                .arg("--config")
+                .arg(&self.config)
+                .env("RUST_LOG", "stox=debug")
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+        ));
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has said `text` `count` times in all.
+    pub fn wait_log(&self, text: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().matches(text).count() >= count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "stox did not log {text:?} {count} time(s) within {timeout:?}; its log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn wait_online(&self, times: usize) {
+        self.wait_log("Component online.", times, Duration::from_secs(20));
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+}
+
+impl Drop for Stox {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- stox log ---\n{}", self.log());
+        }
+    }
+}
+
+// ----- SIPp -----
+
+pub struct Sipp;
+
+impl Sipp {
+    /// SIPp bound to loopback only (its control socket too).
+    pub fn command(dir: &Path, name: &str, scenario: &str, port: u16) -> Command {
+        need("sipp", "sip-tester");
+        let file = dir.join(format!("{name}.xml"));
+        std::fs::write(&file, scenario).unwrap();
+        let mut c = Command::new("sipp");
+        c.current_dir(dir)
+            .arg("-sf")
+            .arg(&file)
+            .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-ci", "127.0.0.1"])
+            .args(["-p", &port.to_string()])
+            .args(["-cp", &free_port().to_string()])
+            .args(["-trace_msg", "-message_file"])
+            .arg(dir.join(format!("{name}.messages")))
+            .args(["-trace_err", "-error_file"])
+            .arg(dir.join(format!("{name}.errors")))
+            .args(["-nostdin", "-timeout", "30s", "-timeout_error"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// Runs a UAC scenario to completion against `target` and returns whether every call
+    /// succeeded, with the messages SIPp saw.
+    pub fn run_uac(
+        dir: &Path,
+        name: &str,
+        scenario: &str,
+        target: &str,
+        extra: &[&str],
+    ) -> SippResult {
+        let port = free_port();
+        let out = Sipp::command(dir, name, scenario, port)
+            .arg(target)
+            .args(["-m", "1"])
+            .args(extra)
+            .output()
+            .expect("sipp");
+        SippResult::read(dir, name, out.status.success(), &out.stderr)
+    }
+
+    /// Starts a UAS scenario in the background on `port`; `finish` waits for it.
+    pub fn spawn_uas(dir: &Path, name: &str, scenario: &str, port: u16, calls: usize) -> SippUas {
+        let proc = Proc::spawn(
+            "sipp",
+            Sipp::command(dir, name, scenario, port).args(["-m", &calls.to_string()]),
+        );
+        // SIPp binds at once; give it a moment so the first request is not lost.
+        std::thread::sleep(Duration::from_millis(300));
+        SippUas {
+            proc,
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+        }
+    }
+}
+
+pub struct SippResult {
+    pub ok: bool,
+    pub messages: String,
+    pub errors: String,
+}
+
+impl SippResult {
+    fn read(dir: &Path, name: &str, ok: bool, stderr: &[u8]) -> SippResult {
+        SippResult {
+            ok,
+            messages: std::fs::read_to_string(dir.join(format!("{name}.messages")))
+                .unwrap_or_default(),
+            errors: std::fs::read_to_string(dir.join(format!("{name}.errors"))).unwrap_or_default()
+                + &String::from_utf8_lossy(stderr),
+        }
+    }
+
+    pub fn assert_ok(&self) {
+        assert!(
+            self.ok,
+            "SIPp scenario failed:\n{}\n--- messages ---\n{}",
+            self.errors, self.messages
+        );
+    }
+}
+
+pub struct SippUas {
+    proc: Proc,
+    dir: PathBuf,
+    name: String,
+}
+
+impl SippUas {
+    /// Waits for SIPp to end by itself (its `-m` calls done) and returns its result.
+    pub fn finish(mut self, timeout: Duration) -> SippResult {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Ok(Some(s)) = self.proc.child.try_wait() {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = Vec::new();
+        if let Some(mut e) = self.proc.child.stderr.take() {
+            if status.is_some() {
+                let _ = std::io::Read::read_to_end(&mut e, &mut stderr);
+            }
+        }
+        let ok = status.map(|s| s.success()).unwrap_or(false);
+        if status.is_none() {
+            stderr.extend_from_slice(b"SIPp UAS did not finish in time");
+        }
+        SippResult::read(&self.dir, &self.name, ok, &stderr)
+    }
+}
+
+/// A UAC scenario: one MESSAGE to `[service]@[remote_ip]` style `uri`, expecting `status`.
+pub fn message_uac(uri: &str, body: &str, status: u16) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="message">
+  <send retrans="500">
+    <![CDATA[
+MESSAGE {uri} SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+Max-Forwards: 70
+From: <sip:romeo@sip.test>;tag=[pid]SIPpTag00[call_number]
+To: <{uri}>
+Call-ID: [call_id]
+CSeq: 1 MESSAGE
+Contact: <sip:romeo@[local_ip]:[local_port]>
+Content-Type: text/plain;charset=UTF-8
+Content-Length: [len]
+
+{body}
+]]>
+  </send>
+  <recv response="{status}" />
+</scenario>
+"#
+    )
+}
+
+/// A UAS scenario: receive MESSAGE, answer `status`.
+pub fn message_uas(status: u16, reason: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="message-uas">
+  <recv request="MESSAGE" />
+  <send>
+    <![CDATA[
+SIP/2.0 {status} {reason}
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]>
+  </send>
+</scenario>
+"#
+    )
+}
+
+// ----- an XMPP client (slixmpp) -----
+
+pub struct XmppClient {
+    proc: Proc,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    pub jid: String,
+    seen: Vec<String>,
+}
+
+impl XmppClient {
+    /// Logs in as `user@localhost` through the server's c2s port and waits for the session.
+    pub fn login(user: &str, password: &str, c2s_port: u16) -> XmppClient {
+        need("python3", "python3-slixmpp");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/xmpp_client.py");
+        let jid = format!("{user}@localhost/test");
+        let mut proc = Proc::spawn(
+            "slixmpp client",
+            Command::new("/usr/bin/python3")
+                .arg(&script)
+                .arg(&jid)
+                .arg(password)
+                .arg(c2s_port.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        );
+        let stdin = proc.child.stdin.take().unwrap();
+        let stdout = proc.child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut c = XmppClient {
+            proc,
+            stdin,
+            lines,
+            jid,
+            seen: Vec::new(),
+        };
+        c.expect_line(Duration::from_secs(20), "READY", |l| l.starts_with("READY"));
+        c
+    }
+
+    fn command(&mut self, json: String) {
+        writeln!(self.stdin, "{json}").expect("client stdin");
+        self.stdin.flush().unwrap();
+        self.expect_line(Duration::from_secs(5), "SENT", |l| l == "SENT");
+    }
+
+    pub fn send(&mut self, to: &str, body: &str, thread: Option<&str>, id: &str) {
+        let json = format!(
+            "{{\"op\":\"send\",\"to\":{},\"body\":{},\"thread\":{},\"id\":{}}}",
+            json_str(to),
+            json_str(body),
+            thread.map(json_str).unwrap_or_else(|| "null".into()),
+            json_str(id)
+        );
+        self.command(json);
+    }
+
+    pub fn send_raw(&mut self, xml: &str) {
+        self.command(format!("{{\"op\":\"raw\",\"xml\":{}}}", json_str(xml)));
+    }
+
+    fn expect_line(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if pred(&l) => return l,
+                Ok(l) => {
+                    if let Some(s) = l.strip_prefix("STANZA ") {
+                        self.seen.push(s.to_string());
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: no {what} within {timeout:?}; stanzas seen: {:#?}",
+                    self.jid, self.seen
+                ),
+            }
+        }
+    }
+
+    /// Waits for a stanza that contains every one of `needles` and returns it.
+    pub fn expect_stanza(&mut self, needles: &[&str], timeout: Duration) -> String {
+        if let Some(i) = self
+            .seen
+            .iter()
+            .position(|s| needles.iter().all(|n| s.contains(n)))
+        {
+            return self.seen.remove(i);
+        }
+        let what = format!("a stanza with {needles:?}");
+        let line = self.expect_line(timeout, &what, |l| {
+            l.starts_with("STANZA ") && needles.iter().all(|n| l.contains(n))
+        });
+        line["STANZA ".len()..].to_string()
+    }
+
+    pub fn stanzas_seen(&self) -> &[String] {
+        &self.seen
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
