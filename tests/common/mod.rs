@@ -172,6 +172,8 @@ network_settings = {{ tcp_nodelay = true }}
 http_ports = {{}}
 https_ports = {{}}
 VirtualHost "localhost"
+-- A domain the gateway does not serve (xmpp.domains has only localhost).
+VirtualHost "other.localhost"
 Component "{COMPONENT}"
     component_secret = "{SECRET}"
 "#
@@ -179,10 +181,11 @@ Component "{COMPONENT}"
         )
         .unwrap();
         for (user, password) in users {
+            let (user, host) = user.split_once('@').unwrap_or((user, "localhost"));
             let out = Command::new("prosodyctl")
                 .arg("--config")
                 .arg(&config)
-                .args(["register", user, "localhost", password])
+                .args(["register", user, host, password])
                 .output()
                 .expect("prosodyctl");
             assert!(
@@ -666,11 +669,16 @@ pub struct XmppClient {
 }
 
 impl XmppClient {
-    /// Logs in as `user@localhost` through the server's c2s port and waits for the session.
+    /// Logs in as `user@localhost` (or `user@host`) through the server's c2s port and waits
+    /// for the session.
     pub fn login(user: &str, password: &str, c2s_port: u16) -> XmppClient {
         need("python3", "python3-slixmpp");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/xmpp_client.py");
-        let jid = format!("{user}@localhost/test");
+        let jid = if user.contains('@') {
+            format!("{user}/test")
+        } else {
+            format!("{user}@localhost/test")
+        };
         let mut proc = Proc::spawn(
             "slixmpp client",
             Command::new("/usr/bin/python3")
@@ -783,4 +791,50 @@ fn json_str(s: &str) -> String {
     }
     o.push('"');
     o
+}
+
+// ----- raw SIP on loopback -----
+
+/// Sends `request` over UDP to 127.0.0.1:`port` and returns the first response.
+pub fn udp_exchange(port: u16, request: &str) -> String {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let request = request.replace("LOCAL", &sock.local_addr().unwrap().to_string());
+    sock.send_to(request.as_bytes(), ("127.0.0.1", port))
+        .unwrap();
+    let mut buf = [0u8; 65536];
+    let (n, _) = sock
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("no answer to:\n{request}\n({e})"));
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// A SIP request with the mandatory headers; `LOCAL` stands for the sender's address.
+pub fn sip_request(method: &str, uri: &str, transport: &str, extra: &str, body: &str) -> String {
+    format!(
+        "{method} {uri} SIP/2.0\r\n\
+         Via: SIP/2.0/{transport} LOCAL;branch=z9hG4bK{branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:romeo@sip.test>;tag=r1\r\n\
+         To: <{uri}>\r\n\
+         Call-ID: {branch}@sip.test\r\n\
+         CSeq: 1 {method}\r\n\
+         {extra}Content-Length: {}\r\n\r\n{body}",
+        body.len(),
+        branch = random_branch(),
+    )
+}
+
+fn random_branch() -> String {
+    static N: AtomicU16 = AtomicU16::new(0);
+    format!(
+        "{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The status line of a response.
+pub fn status_line(response: &str) -> &str {
+    response.lines().next().unwrap_or("")
 }
