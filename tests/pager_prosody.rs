@@ -120,7 +120,7 @@ fn a_404_from_sip_comes_back_as_item_not_found() {
         "m404",
     );
     uas.finish(Duration::from_secs(20)).assert_ok();
-    let err = juliet.expect_stanza(&["type=\"error\"", "m404"], SECS10);
+    let err = juliet.expect_stanza(&["type=\"error\"", "id=\"m404\""], SECS10);
     assert!(err.contains("item-not-found"), "{err}");
 }
 
@@ -198,12 +198,12 @@ fn invalid_stanzas_relayed_by_prosody_do_not_end_the_link() {
         "<message to='romeo\\40sip.test@sip.localhost' type='bogus' id='b1'><body>x</body></message>",
         "<message to='romeo\\40sip.test@sip.localhost' id='b2'><thread>a</thread><thread>b</thread><body>x</body></message>",
         "<message to='foo\\@sip.localhost' id='b3'><body>trailing backslash</body></message>",
-        "<iq to='sip.localhost' type='get' id='b4'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        "<iq to='sip.localhost' type='get' id='disco-after-junk'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
     ] {
         juliet.send_raw(xml);
     }
     // The link answers the disco query after all the junk: it is still up.
-    let info = juliet.expect_stanza(&["b4", "type=\"result\""], SECS10);
+    let info = juliet.expect_stanza(&["id=\"disco-after-junk\"", "type=\"result\""], SECS10);
     assert!(
         info.contains("category=\"gateway\"") && info.contains("type=\"simple\""),
         "{info}"

@@ -120,6 +120,6 @@ fn users_of_other_xmpp_domains_may_not_use_the_gateway() {
     stox.wait_online(1);
     let mut mallory = XmppClient::login("mallory@other.localhost", "pw", prosody.c2s_port);
     mallory.send("romeo\\40sip.test@sip.localhost", "relay me", None, "f1");
-    let err = mallory.expect_stanza(&["type=\"error\"", "f1"], Duration::from_secs(10));
+    let err = mallory.expect_stanza(&["type=\"error\"", "id=\"f1\""], Duration::from_secs(10));
     assert!(err.contains("forbidden"), "{err}");
 }
