@@ -22,7 +22,8 @@ use rsipstack::sip::{typed, Header, Method, Request, Response, SipMessage};
 use super::locate::{Target, Transport};
 use super::message::{self, first_list_value, Echo, Reject};
 use super::transaction::{
-    ClientNonInvite, ClientTimer, ServerInvite, ServerInviteTimer, ServerNonInvite, Timers,
+    ClientInvite, ClientNonInvite, ClientState, ClientTimer, InviteResponse, ServerInvite,
+    ServerInviteTimer, ServerNonInvite, ServerState, Timers,
 };
 
 /// RFC 3261 18.1.1: a request within 200 bytes of a 1500-byte MTU goes over TCP.
@@ -89,6 +90,20 @@ pub enum Event {
     Response { token: u64, response: Response },
     /// The request sent with this token got no final response.
     Failed { token: u64, failure: Failure },
+    /// The ACK for a 2xx to an INVITE (end to end, so it is matched by dialog, not branch).
+    Ack { request: Request, source: Source },
+    /// The peer cancelled an INVITE before its final response; the INVITE got 487.
+    /// `id` is the INVITE's server transaction (a later `respond` on it is ignored).
+    Cancelled {
+        id: ServerTxId,
+        request: Request,
+        source: Source,
+    },
+    /// A 2xx to an INVITE never got its ACK (64*T1): the dialog should end with BYE
+    /// (RFC 3261 13.3.1.4).
+    AckTimeout { call_id: String },
+    /// The client INVITE transaction sent with this token has ended (no more 2xx).
+    Ended { token: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -112,18 +127,68 @@ enum ServerMachine {
 struct ServerTx {
     key: ServerKey,
     machine: ServerMachine,
+    /// INVITE with a 2xx sent: (Call-ID, CSeq number), how its ACK is found.
+    accepted: Option<(String, u32)>,
     /// Where responses go (RFC 3261 18.2.2, RFC 3581).
     reply: Transmit,
     to_tag: String,
     scheduled: Option<Instant>,
 }
 
+enum ClientMachine {
+    NonInvite(ClientNonInvite),
+    Invite(ClientInvite),
+}
+
+impl ClientMachine {
+    fn is_terminated(&self) -> bool {
+        match self {
+            ClientMachine::NonInvite(m) => m.is_terminated(),
+            ClientMachine::Invite(m) => m.is_terminated(),
+        }
+    }
+
+    fn state(&self) -> ClientState {
+        match self {
+            ClientMachine::NonInvite(m) => m.state(),
+            ClientMachine::Invite(m) => m.state(),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            ClientMachine::NonInvite(m) => m.deadline(),
+            ClientMachine::Invite(m) => m.deadline(),
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant) -> ClientTimer {
+        match self {
+            ClientMachine::NonInvite(m) => m.on_timer(now),
+            ClientMachine::Invite(m) => m.on_timer(now),
+        }
+    }
+
+    fn on_transport_error(&mut self) {
+        match self {
+            ClientMachine::NonInvite(m) => m.on_transport_error(),
+            ClientMachine::Invite(m) => m.on_transport_error(),
+        }
+    }
+}
+
 struct ClientTx {
     key: ClientKey,
     token: u64,
-    machine: ClientNonInvite,
+    machine: ClientMachine,
     transmit: Transmit,
     scheduled: Option<Instant>,
+    /// INVITE only: the request as sent (our Via on top), for its ACK and CANCEL.
+    invite: Option<Request>,
+    /// INVITE only: the ACK for a non-2xx final, sent again on its retransmissions.
+    ack: Option<Bytes>,
+    /// INVITE only: the TU cancelled before any provisional response (RFC 3261 9.1).
+    cancel_pending: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -148,6 +213,8 @@ pub struct SipCore {
     server_keys: HashMap<ServerKey, u64>,
     clients: HashMap<u64, ClientTx>,
     client_keys: HashMap<ClientKey, u64>,
+    /// INVITE server transactions whose 2xx awaits (or got) its ACK, by (Call-ID, CSeq).
+    accepted: HashMap<(String, u32), u64>,
     wakeups: BinaryHeap<Reverse<(Instant, TxRef)>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -175,6 +242,7 @@ impl SipCore {
             server_keys: HashMap::new(),
             clients: HashMap::new(),
             client_keys: HashMap::new(),
+            accepted: HashMap::new(),
             wakeups: BinaryHeap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -261,15 +329,47 @@ impl SipCore {
                 sent_by,
                 method: Method::Invite,
             };
-            if let Some(id) = self.server_keys.get(&key).copied() {
-                if let Some(tx) = self.servers.get_mut(&id) {
-                    if let ServerMachine::Invite(m) = &mut tx.machine {
-                        m.on_ack(now);
-                    }
+            // The ACK for a non-2xx shares the INVITE's branch (17.2.3); the ACK for a 2xx
+            // is its own transaction and is found by Call-ID and CSeq (some peers reuse
+            // the branch anyway, so Accepted is checked either way).
+            let id = self
+                .server_keys
+                .get(&key)
+                .copied()
+                .filter(|id| {
+                    self.servers.get(id).is_some_and(|tx| {
+                        matches!(&tx.machine, ServerMachine::Invite(m) if m.state() != ServerState::Accepted)
+                    })
+                });
+            if let Some(id) = id {
+                if let Some(ServerTx {
+                    machine: ServerMachine::Invite(m),
+                    ..
+                }) = self.servers.get_mut(&id)
+                {
+                    m.on_ack(now);
                 }
                 self.reschedule(TxRef::Server(id));
+                return;
             }
-            // An ACK for a 2xx belongs to a dialog; stox has none yet.
+            let Some(dialog_key) = call_id_and_cseq(&request) else {
+                return;
+            };
+            let Some(id) = self.accepted.get(&dialog_key).copied() else {
+                tracing::debug!(call_id = %dialog_key.0, "ACK for no pending 2xx; dropped.");
+                return;
+            };
+            let fresh = match self.servers.get_mut(&id) {
+                Some(ServerTx {
+                    machine: ServerMachine::Invite(m),
+                    ..
+                }) => m.on_ack_2xx(),
+                _ => false,
+            };
+            self.reschedule(TxRef::Server(id));
+            if fresh {
+                self.events.push_back(Event::Ack { request, source });
+            }
             return;
         }
 
@@ -300,24 +400,58 @@ impl SipCore {
         }
 
         if request.method == Method::Cancel {
-            // A CANCEL for an INVITE we already answered finally (stox answers INVITE at once).
+            // RFC 3261 9.2: the CANCEL gets 200 when its INVITE is known (481 otherwise) in
+            // a transaction of its own; an INVITE still without a final response gets 487.
             let invite = ServerKey {
                 method: Method::Invite,
                 ..key.clone()
             };
-            let status = if self.server_keys.contains_key(&invite) {
-                200
-            } else {
-                481
-            };
-            let mut resp = SipMessage::Response(message::response_to(
-                &request,
-                status,
-                None,
-                &random_token(10),
-            ));
-            let bytes = Bytes::from(message::to_bytes(&mut resp));
-            self.transmits.push_back(Transmit { bytes, ..reply });
+            let invite_id = self.server_keys.get(&invite).copied();
+            let status = if invite_id.is_some() { 200 } else { 481 };
+            let id = self.id();
+            let reliable = source.transport.is_reliable();
+            if matchable {
+                self.server_keys.insert(key.clone(), id);
+            }
+            self.servers.insert(
+                id,
+                ServerTx {
+                    key,
+                    machine: ServerMachine::NonInvite(ServerNonInvite::new(
+                        now,
+                        reliable,
+                        self.timers,
+                    )),
+                    accepted: None,
+                    reply,
+                    to_tag: random_token(10),
+                    scheduled: None,
+                },
+            );
+            let answer = message::response_to(&request, status, None, "");
+            self.respond(now, ServerTxId(id), answer);
+            if let Some(invite_id) = invite_id {
+                let pending = matches!(
+                    self.servers.get(&invite_id).map(|t| &t.machine),
+                    Some(ServerMachine::Invite(m)) if m.state() == ServerState::Proceeding
+                );
+                if pending {
+                    let terminated = message::response_to(&request, 487, None, "");
+                    let mut terminated = terminated;
+                    for h in terminated.headers.iter_mut() {
+                        if let Header::CSeq(c) = h {
+                            let n = c.value().split_whitespace().next().unwrap_or("1").to_string();
+                            *c = rsipstack::sip::CSeq::new(format!("{n} INVITE"));
+                        }
+                    }
+                    self.respond(now, ServerTxId(invite_id), terminated);
+                    self.events.push_back(Event::Cancelled {
+                        id: ServerTxId(invite_id),
+                        request,
+                        source,
+                    });
+                }
+            }
             return;
         }
 
@@ -327,6 +461,7 @@ impl SipCore {
         } else {
             ServerMachine::NonInvite(ServerNonInvite::new(now, reliable, self.timers))
         };
+        let is_invite = request.method == Method::Invite;
         let id = self.id();
         if matchable {
             self.server_keys.insert(key.clone(), id);
@@ -336,11 +471,17 @@ impl SipCore {
             ServerTx {
                 key,
                 machine,
+                accepted: None,
                 reply,
                 to_tag: random_token(10),
                 scheduled: None,
             },
         );
+        if is_invite {
+            // 17.2.1: 100 Trying at once, so the client stops retransmitting (timer A).
+            let trying = message::response_to(&request, 100, None, "");
+            self.respond(now, ServerTxId(id), trying);
+        }
         self.reschedule(TxRef::Server(id));
         self.events.push_back(Event::Request {
             id: ServerTxId(id),
@@ -374,21 +515,116 @@ impl SipCore {
         let Some(tx) = self.clients.get_mut(&id) else {
             return;
         };
-        if tx.machine.on_response(now, status) {
-            self.events.push_back(Event::Response {
-                token: tx.token,
-                response,
-            });
+        let mut send_cancel = None;
+        match &mut tx.machine {
+            ClientMachine::NonInvite(m) => {
+                if m.on_response(now, status) {
+                    self.events.push_back(Event::Response {
+                        token: tx.token,
+                        response,
+                    });
+                }
+            }
+            ClientMachine::Invite(m) => match m.on_response(now, status) {
+                InviteResponse::Pass => {
+                    if status < 200 && tx.cancel_pending {
+                        tx.cancel_pending = false;
+                        send_cancel = tx.invite.clone().map(|i| (i, tx.transmit.clone()));
+                    }
+                    self.events.push_back(Event::Response {
+                        token: tx.token,
+                        response,
+                    });
+                }
+                InviteResponse::PassAndAck => {
+                    if let Some(invite) = &tx.invite {
+                        let mut ack = SipMessage::Request(ack_for_failure(invite, &response));
+                        let bytes = Bytes::from(message::to_bytes(&mut ack));
+                        tx.ack = Some(bytes.clone());
+                        self.transmits.push_back(Transmit {
+                            bytes,
+                            client: None,
+                            ..tx.transmit.clone()
+                        });
+                    }
+                    self.events.push_back(Event::Response {
+                        token: tx.token,
+                        response,
+                    });
+                }
+                InviteResponse::Ack => {
+                    if let Some(bytes) = &tx.ack {
+                        self.transmits.push_back(Transmit {
+                            bytes: bytes.clone(),
+                            client: None,
+                            ..tx.transmit.clone()
+                        });
+                    }
+                }
+                InviteResponse::Absorb => {}
+            },
         }
         self.reschedule(TxRef::Client(id));
+        if let Some((invite, transmit)) = send_cancel {
+            self.start_cancel(now, &invite, transmit);
+        }
+    }
+
+    /// Cancels the INVITE sent with `token` (RFC 3261 9.1): at once if a provisional
+    /// response came, else as soon as one does. A final response makes it moot.
+    pub fn cancel(&mut self, now: Instant, token: u64) {
+        let Some(tx) = self.clients.values_mut().find(|t| t.token == token) else {
+            return;
+        };
+        let ClientMachine::Invite(m) = &tx.machine else {
+            return;
+        };
+        if m.is_proceeding() {
+            if let Some(invite) = tx.invite.clone() {
+                let transmit = tx.transmit.clone();
+                self.start_cancel(now, &invite, transmit);
+            }
+        } else if m.state() == ClientState::Trying {
+            tx.cancel_pending = true;
+        }
+    }
+
+    fn start_cancel(&mut self, now: Instant, invite: &Request, transmit: Transmit) {
+        let mut cancel = SipMessage::Request(cancel_for(invite));
+        let bytes = Bytes::from(message::to_bytes(&mut cancel));
+        let SipMessage::Request(cancel) = cancel else {
+            return;
+        };
+        let branch = top_branch(&cancel).unwrap_or_default();
+        // Its responses are the core's own: token 0 reaches no TU.
+        self.start_client(now, cancel, branch, bytes, transmit.to, transmit.transport, 0);
+    }
+
+    /// Sends a request outside any transaction (the ACK for a 2xx, RFC 3261 13.2.2.4):
+    /// a new branch, no retransmission.
+    pub fn send_stateless(&mut self, mut request: Request, target: Target) -> bool {
+        let Some(local) = self.local_for(target.transport, target.addr) else {
+            return false;
+        };
+        let branch = format!("{MAGIC_COOKIE}{}", random_token(16));
+        stamp_via(&mut request, target.transport, &local.sent_by, &branch);
+        let from = Some(local.addr);
+        let mut msg = SipMessage::Request(request);
+        self.transmits.push_back(Transmit {
+            transport: target.transport,
+            to: target.addr,
+            conn: None,
+            from,
+            bytes: Bytes::from(message::to_bytes(&mut msg)),
+            client: None,
+        });
+        true
     }
 
     /// The driver could not deliver bytes for this client transaction (connect or write failed).
     pub fn handle_transport_error(&mut self, client: u64) {
         if let Some(tx) = self.clients.get_mut(&client) {
-            if !tx.machine.is_terminated()
-                && tx.machine.state() != super::transaction::ClientState::Completed
-            {
+            if !tx.machine.is_terminated() && tx.machine.state() != ClientState::Completed {
                 tx.machine.on_transport_error();
                 self.events.push_back(Event::Failed {
                     token: tx.token,
@@ -424,7 +660,12 @@ impl SipCore {
                                 })
                             }
                             ServerInviteTimer::NoAck => {
-                                tracing::debug!(branch = %tx.key.branch, "No ACK for a final response to INVITE (timer H).")
+                                tracing::debug!(branch = %tx.key.branch, "No ACK for a final response to INVITE (timer H or L).");
+                                if let Some((call_id, _)) = &tx.accepted {
+                                    self.events.push_back(Event::AckTimeout {
+                                        call_id: call_id.clone(),
+                                    });
+                                }
                             }
                             ServerInviteTimer::Idle => {}
                         },
@@ -471,20 +712,8 @@ impl SipCore {
                 return false;
             };
             branch = format!("{MAGIC_COOKIE}{}", random_token(16));
-            let via = format!(
-                "SIP/2.0/{} {};branch={branch};rport",
-                target.transport.via_name(),
-                local.sent_by
-            );
-            request.headers.retain(|h| !matches!(h, Header::Via(_)));
-            request
-                .headers
-                .push_front(Header::Via(rsipstack::sip::Via::new(via)));
-            if request.max_forwards_header().is_err() {
-                request
-                    .headers
-                    .push(Header::MaxForwards(rsipstack::sip::MaxForwards::new("70")));
-            }
+            let sent_by = local.sent_by.clone();
+            stamp_via(&mut request, target.transport, &sent_by, &branch);
             let mut msg = SipMessage::Request(request.clone());
             bytes = message::to_bytes(&mut msg);
             if attempt == 0
@@ -497,21 +726,55 @@ impl SipCore {
             }
             break;
         }
-        let from = self
-            .local_for(target.transport, target.addr)
-            .map(|l| l.addr);
+        self.start_client(
+            now,
+            request,
+            branch,
+            Bytes::from(bytes),
+            target.addr,
+            target.transport,
+            token,
+        );
+        true
+    }
+
+    /// Opens the client transaction of a request that already carries its Via.
+    #[allow(clippy::too_many_arguments)]
+    fn start_client(
+        &mut self,
+        now: Instant,
+        request: Request,
+        branch: String,
+        bytes: Bytes,
+        to: SocketAddr,
+        transport: Transport,
+        token: u64,
+    ) {
+        let from = self.local_for(transport, to).map(|l| l.addr);
         let id = self.id();
         let transmit = Transmit {
-            transport: target.transport,
-            to: target.addr,
+            transport,
+            to,
             conn: None,
             from,
-            bytes: Bytes::from(bytes),
+            bytes,
             client: Some(id),
         };
         let key = ClientKey {
             branch,
             method: request.method.to_string(),
+        };
+        let reliable = transport.is_reliable();
+        let (machine, invite) = if request.method == Method::Invite {
+            (
+                ClientMachine::Invite(ClientInvite::new(now, reliable, self.timers)),
+                Some(request),
+            )
+        } else {
+            (
+                ClientMachine::NonInvite(ClientNonInvite::new(now, reliable, self.timers)),
+                None,
+            )
         };
         self.client_keys.insert(key.clone(), id);
         self.clients.insert(
@@ -519,14 +782,16 @@ impl SipCore {
             ClientTx {
                 key,
                 token,
-                machine: ClientNonInvite::new(now, target.transport.is_reliable(), self.timers),
+                machine,
                 transmit: transmit.clone(),
                 scheduled: None,
+                invite,
+                ack: None,
+                cancel_pending: false,
             },
         );
         self.transmits.push_back(transmit);
         self.reschedule(TxRef::Client(id));
-        true
     }
 
     /// Answers the request of server transaction `id`. A missing To tag is added.
@@ -541,6 +806,12 @@ impl SipCore {
             }
         }
         let status = response.status_code.code();
+        let accepted = match (&tx.machine, status) {
+            (ServerMachine::Invite(m), 200..=299) if m.state() == ServerState::Proceeding => {
+                call_id_and_cseq_of(&response.headers)
+            }
+            _ => None,
+        };
         let mut msg = SipMessage::Response(response);
         let bytes = Bytes::from(message::to_bytes(&mut msg));
         if bytes.len() > self.max_message_size {
@@ -556,6 +827,10 @@ impl SipCore {
                 bytes,
                 ..tx.reply.clone()
             });
+            if let Some(k) = accepted {
+                tx.accepted = Some(k.clone());
+                self.accepted.insert(k, id.0);
+            }
         }
         self.reschedule(TxRef::Server(id.0));
     }
@@ -601,6 +876,11 @@ impl SipCore {
                 };
                 if terminated {
                     let key = tx.key.clone();
+                    if let Some(k) = tx.accepted.take() {
+                        if self.accepted.get(&k) == Some(&id) {
+                            self.accepted.remove(&k);
+                        }
+                    }
                     self.servers.remove(&id);
                     if self.server_keys.get(&key) == Some(&id) {
                         self.server_keys.remove(&key);
@@ -620,6 +900,9 @@ impl SipCore {
                 };
                 if tx.machine.is_terminated() {
                     let key = tx.key.clone();
+                    if matches!(tx.machine, ClientMachine::Invite(_)) {
+                        self.events.push_back(Event::Ended { token: tx.token });
+                    }
                     self.clients.remove(&id);
                     self.client_keys.remove(&key);
                     return;
@@ -634,6 +917,104 @@ impl SipCore {
             }
         }
     }
+}
+
+/// Puts our Via on top (replacing any) and a Max-Forwards when missing.
+fn stamp_via(request: &mut Request, transport: Transport, sent_by: &str, branch: &str) {
+    let via = format!(
+        "SIP/2.0/{} {sent_by};branch={branch};rport",
+        transport.via_name()
+    );
+    request.headers.retain(|h| !matches!(h, Header::Via(_)));
+    request
+        .headers
+        .push_front(Header::Via(rsipstack::sip::Via::new(via)));
+    if request.max_forwards_header().is_err() {
+        request
+            .headers
+            .push(Header::MaxForwards(rsipstack::sip::MaxForwards::new("70")));
+    }
+}
+
+fn top_branch(request: &Request) -> Option<String> {
+    let via = request.via_header().ok()?;
+    let top = typed::Via::parse(first_list_value(via.value())).ok()?;
+    top.branch().map(|b| b.to_string())
+}
+
+fn call_id_and_cseq_of(headers: &rsipstack::sip::Headers) -> Option<(String, u32)> {
+    let mut call_id = None;
+    let mut cseq = None;
+    for h in headers.iter() {
+        match h {
+            Header::CallId(c) => call_id = Some(c.value().to_string()),
+            Header::CSeq(c) => {
+                cseq = c.value().split_whitespace().next().and_then(|n| n.parse().ok())
+            }
+            _ => {}
+        }
+    }
+    Some((call_id?, cseq?))
+}
+
+fn call_id_and_cseq(request: &Request) -> Option<(String, u32)> {
+    call_id_and_cseq_of(&request.headers)
+}
+
+/// The headers an ACK or CANCEL copies from its INVITE (RFC 3261 9.1, 17.1.1.3).
+fn copied_from_invite(invite: &Request, method: &str, to: Option<Header>) -> Request {
+    let mut headers = rsipstack::sip::Headers::default();
+    let mut cseq = 1;
+    for h in invite.headers.iter() {
+        match h {
+            Header::Via(v) => {
+                if !headers.iter().any(|h| matches!(h, Header::Via(_))) {
+                    // Only our own, top Via.
+                    headers.push(Header::Via(rsipstack::sip::Via::new(
+                        first_list_value(v.value()).to_string(),
+                    )))
+                }
+            }
+            Header::Route(_) | Header::From(_) | Header::CallId(_) | Header::MaxForwards(_) => {
+                headers.push(h.clone())
+            }
+            Header::To(_) => headers.push(to.clone().unwrap_or_else(|| h.clone())),
+            Header::CSeq(c) => {
+                cseq = c
+                    .value()
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1)
+            }
+            _ => {}
+        }
+    }
+    headers.push(Header::CSeq(rsipstack::sip::CSeq::new(format!(
+        "{cseq} {method}"
+    ))));
+    Request {
+        method: if method == "ACK" {
+            Method::Ack
+        } else {
+            Method::Cancel
+        },
+        uri: invite.uri.clone(),
+        version: invite.version.clone(),
+        headers,
+        body: Vec::new(),
+    }
+}
+
+/// 17.1.1.3: the ACK a client INVITE transaction sends for a non-2xx final response.
+fn ack_for_failure(invite: &Request, response: &Response) -> Request {
+    let to = response.headers.iter().find(|h| matches!(h, Header::To(_))).cloned();
+    copied_from_invite(invite, "ACK", to)
+}
+
+/// 9.1: a CANCEL for an INVITE, in the INVITE's own branch.
+fn cancel_for(invite: &Request) -> Request {
+    copied_from_invite(invite, "CANCEL", None)
 }
 
 /// RFC 3261 18.2.1 and RFC 3581 4: record where the request really came from in its top Via.

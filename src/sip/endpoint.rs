@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::core::{ConnId, Event, Failure, Local, ServerTxId, SipCore, Source, Transmit};
 use super::locate::{Destination, LocateError, Locator, Target, Transport};
-use super::message::{self, Framing, Reject};
+use super::message::{self, first_list_value, Framing, Reject};
 use super::transaction::Timers;
 use super::NextHop;
 use crate::config::{Config, ListenTransport};
@@ -66,7 +66,8 @@ pub struct IncomingRequest {
 }
 
 pub struct Responder {
-    id: ServerTxId,
+    /// None for what gets no response (an ACK, a CANCEL the core already answered).
+    id: Option<ServerTxId>,
     fallback: Option<Response>,
     tx: mpsc::UnboundedSender<Input>,
 }
@@ -74,23 +75,54 @@ pub struct Responder {
 impl Responder {
     pub fn respond(mut self, response: Response) {
         self.fallback = None;
-        let _ = self.tx.send(Input::Respond {
-            id: self.id,
-            response,
-        });
+        if let Some(id) = self.id {
+            let _ = self.tx.send(Input::Respond { id, response });
+        }
+    }
+
+    /// Whether this request expects a response at all.
+    pub fn expects_response(&self) -> bool {
+        self.id.is_some()
     }
 }
 
 impl Drop for Responder {
     fn drop(&mut self) {
-        if let Some(response) = self.fallback.take() {
+        if let (Some(id), Some(response)) = (self.id, self.fallback.take()) {
             tracing::warn!("A SIP request was left unanswered; answering 500.");
-            let _ = self.tx.send(Input::Respond {
-                id: self.id,
-                response,
-            });
+            let _ = self.tx.send(Input::Respond { id, response });
         }
     }
+}
+
+/// What a request sent with [`SipHandle::invite`] reports: every response (provisional,
+/// each 2xx of each fork) until the transaction ends, or why it failed.
+#[derive(Debug)]
+pub enum ClientEvent {
+    Response(Response),
+    Failed(SipError),
+}
+
+/// An INVITE in progress.
+pub struct InviteClient {
+    pub events: mpsc::UnboundedReceiver<ClientEvent>,
+    /// The target it went to: its ACKs for 2xx responses go there too when no Route says
+    /// otherwise.
+    pub target: Target,
+    token: u64,
+    tx: mpsc::UnboundedSender<Input>,
+}
+
+impl InviteClient {
+    /// CANCEL (RFC 3261 9.1); the INVITE then ends with 487 (or a 2xx that raced it).
+    pub fn cancel(&self) {
+        let _ = self.tx.send(Input::Cancel { token: self.token });
+    }
+}
+
+enum Pending {
+    Final(oneshot::Sender<Result<Response, SipError>>),
+    Stream(mpsc::UnboundedSender<ClientEvent>),
 }
 
 enum Input {
@@ -116,7 +148,15 @@ enum Input {
     Send {
         request: Request,
         target: Target,
-        reply: oneshot::Sender<Result<Response, SipError>>,
+        token: u64,
+        reply: Pending,
+    },
+    Cancel {
+        token: u64,
+    },
+    Stateless {
+        request: Request,
+        target: Target,
     },
     Respond {
         id: ServerTxId,
@@ -139,6 +179,7 @@ struct HandleInner {
     outbound_proxy: Option<NextHop>,
     locals: Vec<Local>,
     user_agent: String,
+    tokens: AtomicU64,
 }
 
 impl SipHandle {
@@ -156,15 +197,106 @@ impl SipHandle {
     /// located by RFC 3263, trying each target in turn on timeout, transport error or 503.
     /// Returns the final response.
     pub async fn send(&self, mut request: Request) -> Result<Response, SipError> {
+        let destination = self.next_hop(&mut request, false);
+        self.send_to(request, destination).await
+    }
+
+    /// Sends a request inside a dialog (RFC 3261 12.2.1.1): to the top Route when the
+    /// route set is not empty, else to the remote target in the Request-URI (`sip.routes`
+    /// still apply to its domain; the outbound proxy does not).
+    pub async fn send_in_dialog(&self, mut request: Request) -> Result<Response, SipError> {
+        let destination = self.next_hop(&mut request, true);
+        self.send_to(request, destination).await
+    }
+
+    /// Sends an INVITE (out of dialog, or a re-INVITE with `in_dialog`) and returns once a
+    /// target took it (answered anything); every response follows on `events`. Targets
+    /// that time out or fail before any response are skipped (RFC 3263 failover).
+    pub async fn invite(
+        &self,
+        mut request: Request,
+        in_dialog: bool,
+    ) -> Result<(InviteClient, Response), SipError> {
+        let destination = self.next_hop(&mut request, in_dialog);
+        self.add_user_agent(&mut request);
+        let targets = self.inner.locator.locate(&destination).await?;
+        let mut last = SipError::Locate(LocateError::NoRecords {
+            host: destination.host.clone(),
+        });
+        for target in targets {
+            let (events_tx, mut events) = mpsc::unbounded_channel();
+            let token = self.inner.tokens.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .tx
+                .send(Input::Send {
+                    request: request.clone(),
+                    target: target.clone(),
+                    token,
+                    reply: Pending::Stream(events_tx),
+                })
+                .map_err(|_| SipError::Stopped)?;
+            match events.recv().await {
+                Some(ClientEvent::Response(r)) => {
+                    let client = InviteClient {
+                        events,
+                        target,
+                        token,
+                        tx: self.inner.tx.clone(),
+                    };
+                    return Ok((client, r));
+                }
+                Some(ClientEvent::Failed(e)) => {
+                    tracing::debug!(target = %target.addr, error = %e, "INVITE target failed; trying the next one.");
+                    last = e;
+                }
+                None => return Err(SipError::Stopped),
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends the ACK for a 2xx (RFC 3261 13.2.2.4): outside any transaction, to the top
+    /// Route or the remote target, or to `fallback` (where the INVITE went) when neither
+    /// can be located.
+    pub async fn ack(&self, mut request: Request, fallback: &Target) {
+        let destination = self.next_hop(&mut request, true);
+        let target = match self.inner.locator.locate(&destination).await {
+            Ok(t) if !t.is_empty() => t[0].clone(),
+            _ => fallback.clone(),
+        };
+        let _ = self.inner.tx.send(Input::Stateless { request, target });
+    }
+
+    fn add_user_agent(&self, request: &mut Request) {
+        request
+            .headers
+            .push(Header::UserAgent(rsipstack::sip::UserAgent::new(
+                self.inner.user_agent.clone(),
+            )));
+    }
+
+    /// The next hop of a request: a top Route (a dialog's route set), else `sip.routes` by
+    /// the Request-URI's domain, else (out of dialog) the outbound proxy with a loose
+    /// Route, else the Request-URI itself.
+    fn next_hop(&self, request: &mut Request, in_dialog: bool) -> Destination {
+        if let Some(route) = request.headers.iter().find_map(|h| match h {
+            Header::Route(r) => Some(r.value().to_string()),
+            _ => None,
+        }) {
+            let uri = crate::im::addr_spec(first_list_value(&route));
+            if let Ok(hop) = NextHop::parse(&uri) {
+                return hop.destination;
+            }
+        }
         let host = request
             .uri
             .host_with_port
             .host
             .to_string()
             .to_ascii_lowercase();
-        let destination = if let Some(hop) = self.inner.routes.get(&host) {
+        if let Some(hop) = self.inner.routes.get(&host) {
             hop.destination.clone()
-        } else if let Some(proxy) = &self.inner.outbound_proxy {
+        } else if let (Some(proxy), false) = (&self.inner.outbound_proxy, in_dialog) {
             let route = if proxy.uri.contains(";lr") {
                 format!("<{}>", proxy.uri)
             } else {
@@ -188,12 +320,15 @@ impl SipHandle {
                 transport,
                 secure,
             }
-        };
-        request
-            .headers
-            .push(Header::UserAgent(rsipstack::sip::UserAgent::new(
-                self.inner.user_agent.clone(),
-            )));
+        }
+    }
+
+    async fn send_to(
+        &self,
+        mut request: Request,
+        destination: Destination,
+    ) -> Result<Response, SipError> {
+        self.add_user_agent(&mut request);
         let targets = self.inner.locator.locate(&destination).await?;
         let mut last = Err(SipError::Locate(LocateError::NoRecords {
             host: destination.host.clone(),
@@ -205,7 +340,8 @@ impl SipHandle {
                 .send(Input::Send {
                     request: request.clone(),
                     target: target.clone(),
-                    reply,
+                    token: self.inner.tokens.fetch_add(1, Ordering::Relaxed),
+                    reply: Pending::Final(reply),
                 })
                 .map_err(|_| SipError::Stopped)?;
             let outcome = rx.await.map_err(|_| SipError::Stopped)?;
@@ -315,6 +451,8 @@ pub async fn start(
                 outbound_proxy,
                 locals,
                 user_agent: config.sip.user_agent.clone(),
+                // 0 is the core's own (the CANCELs it sends).
+                tokens: AtomicU64::new(1),
             }),
         },
         tu_rx,
@@ -332,7 +470,7 @@ struct Driver {
     conns: HashMap<ConnId, Conn>,
     conn_by_remote: HashMap<SocketAddr, ConnId>,
     conn_ids: Arc<AtomicU64>,
-    pending: HashMap<u64, oneshot::Sender<Result<Response, SipError>>>,
+    pending: HashMap<u64, Pending>,
     tu: mpsc::Sender<IncomingRequest>,
     tx: mpsc::Sender<Input>,
     cmd_tx: mpsc::UnboundedSender<Input>,
@@ -345,19 +483,18 @@ impl Driver {
         mut rx: mpsc::Receiver<Input>,
         mut cmds: mpsc::UnboundedReceiver<Input>,
     ) {
-        let mut next_token: u64 = 1;
         loop {
             let deadline = self.core.poll_timeout().map(Instant::from_std);
             tokio::select! {
                 biased;
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else { return };
-                    self.input(cmd, &mut next_token);
+                    self.input(cmd);
                     self.flush();
                     for _ in 0..256 {
                         match cmds.try_recv() {
                             Ok(cmd) => {
-                                self.input(cmd, &mut next_token);
+                                self.input(cmd);
                                 self.flush();
                             }
                             Err(_) => break,
@@ -366,13 +503,13 @@ impl Driver {
                 }
                 input = rx.recv() => {
                     let Some(input) = input else { return };
-                    self.input(input, &mut next_token);
+                    self.input(input);
                     self.flush();
                     // Take what else is queued without going back to the scheduler.
                     for _ in 0..256 {
                         match rx.try_recv() {
                             Ok(input) => {
-                                self.input(input, &mut next_token);
+                                self.input(input);
                                 self.flush();
                             }
                             Err(_) => break,
@@ -387,7 +524,7 @@ impl Driver {
         }
     }
 
-    fn input(&mut self, input: Input, next_token: &mut u64) {
+    fn input(&mut self, input: Input) {
         let now = std::time::Instant::now();
         match input {
             Input::Message { message, source } => self.core.handle_message(now, message, source),
@@ -412,15 +549,20 @@ impl Driver {
             Input::Send {
                 request,
                 target,
+                token,
                 reply,
             } => {
-                let token = *next_token;
-                *next_token += 1;
                 let transport = target.transport;
                 if self.core.send_request(now, request, target, token) {
                     self.pending.insert(token, reply);
                 } else {
-                    let _ = reply.send(Err(SipError::NoListener(transport)));
+                    reply.fail(SipError::NoListener(transport));
+                }
+            }
+            Input::Cancel { token } => self.core.cancel(now, token),
+            Input::Stateless { request, target } => {
+                if !self.core.send_stateless(request, target) {
+                    tracing::debug!("No listener to send an ACK from.");
                 }
             }
             Input::Respond { id, response } => self.core.respond(now, id, response),
@@ -439,21 +581,59 @@ impl Driver {
                     source,
                 } => self.deliver(id, request, source),
                 Event::Response { token, response } => {
-                    if response.status_code.code() >= 200 {
-                        if let Some(reply) = self.pending.remove(&token) {
+                    let code = response.status_code.code();
+                    match self.pending.remove(&token) {
+                        Some(Pending::Final(reply)) if code >= 200 => {
                             let _ = reply.send(Ok(response));
                         }
+                        Some(Pending::Stream(events)) => {
+                            // A 2xx may be followed by more (forks); a failure ends it.
+                            let open = events.send(ClientEvent::Response(response)).is_ok();
+                            if open && code < 300 {
+                                self.pending.insert(token, Pending::Stream(events));
+                            }
+                        }
+                        Some(p) => {
+                            self.pending.insert(token, p);
+                        }
+                        None => {}
                     }
                 }
                 Event::Failed { token, failure } => {
                     if let Some(reply) = self.pending.remove(&token) {
-                        let _ = reply.send(Err(match failure {
+                        reply.fail(match failure {
                             Failure::Timeout => SipError::Timeout,
                             Failure::Transport => SipError::Transport,
-                        }));
+                        });
                     }
                 }
+                Event::Ended { token } => {
+                    self.pending.remove(&token);
+                }
+                Event::Ack { request, source } => self.deliver_unanswered(request, source),
+                Event::Cancelled {
+                    request, source, ..
+                } => self.deliver_unanswered(request, source),
+                Event::AckTimeout { call_id } => {
+                    tracing::info!(%call_id, "A 2xx to INVITE got no ACK within 64*T1.");
+                }
             }
+        }
+    }
+
+    /// An ACK, or a CANCEL the core answered: the TU hears of it but answers nothing.
+    fn deliver_unanswered(&mut self, request: Request, source: Source) {
+        let incoming = IncomingRequest {
+            request,
+            source,
+            responder: Responder {
+                id: None,
+                fallback: None,
+                tx: self.cmd_tx.clone(),
+            },
+        };
+        if self.tu.try_send(incoming).is_err() {
+            tracing::warn!("The transaction user is saturated; an ACK or CANCEL was not passed on.");
         }
     }
 
@@ -464,7 +644,7 @@ impl Driver {
             request,
             source,
             responder: Responder {
-                id,
+                id: Some(id),
                 fallback: Some(fallback),
                 tx: self.cmd_tx.clone(),
             },
@@ -606,6 +786,19 @@ async fn fail_conn(
     while let Some((_, client)) = writes.recv().await {
         if let Some(client) = client {
             let _ = tx.send(Input::TransportError { client }).await;
+        }
+    }
+}
+
+impl Pending {
+    fn fail(self, e: SipError) {
+        match self {
+            Pending::Final(reply) => {
+                let _ = reply.send(Err(e));
+            }
+            Pending::Stream(events) => {
+                let _ = events.send(ClientEvent::Failed(e));
+            }
         }
     }
 }

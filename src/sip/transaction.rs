@@ -6,9 +6,15 @@
 //!
 //! ```text
 //!   ClientNonInvite  17.1.2  Trying -> Proceeding -> Completed -> Terminated   (E, F, K)
+//!   ClientInvite     17.1.1  Calling -> Proceeding -> Completed -> Terminated   (A, B, D)
+//!                    RFC 6026          \-> Accepted -> Terminated             (M)
 //!   ServerNonInvite  17.2.2  Trying -> Proceeding -> Completed -> Terminated   (J)
 //!   ServerInvite     17.2.1  Proceeding -> Completed -> Confirmed -> Terminated (G, H, I)
+//!                    RFC 6026          \-> Accepted -> Terminated             (L)
 //! ```
+//!
+//! In Accepted, the server INVITE machine also retransmits the 2xx until the ACK comes
+//! (RFC 3261 13.3.1.4 gives that to the UAS core; keeping it here keeps one schedule).
 
 use std::time::{Duration, Instant};
 
@@ -174,12 +180,154 @@ impl ClientNonInvite {
     }
 }
 
+/// What the TU and the wire get for a response to an INVITE client transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteResponse {
+    /// Pass it to the TU.
+    Pass,
+    /// The first non-2xx final: pass it and send the ACK (17.1.1.3).
+    PassAndAck,
+    /// A retransmitted non-2xx final: send the ACK again, tell the TU nothing.
+    Ack,
+    /// Nothing to do.
+    Absorb,
+}
+
+/// INVITE client transaction (RFC 3261 17.1.1, with RFC 6026's Accepted state: every 2xx,
+/// retransmitted or from another fork, reaches the TU, which ACKs it).
+#[derive(Debug, Clone)]
+pub struct ClientInvite {
+    state: ClientState,
+    accepted: bool,
+    reliable: bool,
+    timers: Timers,
+    interval: Duration,
+    retransmit_at: Option<Instant>,
+    timeout_at: Option<Instant>,
+    terminate_at: Option<Instant>,
+}
+
+impl ClientInvite {
+    /// The INVITE has just been sent for the first time.
+    pub fn new(now: Instant, reliable: bool, timers: Timers) -> Self {
+        ClientInvite {
+            state: ClientState::Trying,
+            accepted: false,
+            reliable,
+            timers,
+            interval: timers.t1,
+            retransmit_at: (!reliable).then(|| now + timers.t1),
+            timeout_at: Some(now + timers.timeout()),
+            terminate_at: None,
+        }
+    }
+
+    pub fn state(&self) -> ClientState {
+        self.state
+    }
+
+    /// A provisional response was seen: CANCEL may now be sent (RFC 3261 9.1).
+    pub fn is_proceeding(&self) -> bool {
+        self.state == ClientState::Proceeding
+    }
+
+    pub fn is_accepted(&self) -> bool {
+        self.accepted
+    }
+
+    pub fn on_response(&mut self, now: Instant, status: u16) -> InviteResponse {
+        match (self.state, status) {
+            (ClientState::Trying | ClientState::Proceeding, 100..=199) => {
+                self.state = ClientState::Proceeding;
+                // Timer A stops in Proceeding; B keeps running until a final response.
+                self.retransmit_at = None;
+                InviteResponse::Pass
+            }
+            (ClientState::Trying | ClientState::Proceeding, 200..=299) => {
+                // Accepted (timer M): absorb nothing, pass every 2xx.
+                self.state = ClientState::Completed;
+                self.accepted = true;
+                self.retransmit_at = None;
+                self.timeout_at = None;
+                self.terminate_at = Some(now + self.timers.timeout());
+                InviteResponse::Pass
+            }
+            (ClientState::Trying | ClientState::Proceeding, _) => {
+                self.state = ClientState::Completed;
+                self.retransmit_at = None;
+                self.timeout_at = None;
+                // Timer D: at least 32 s over UDP to absorb final-response retransmissions.
+                let d = if self.reliable {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(32).max(self.timers.timeout())
+                };
+                self.terminate_at = Some(now + d);
+                InviteResponse::PassAndAck
+            }
+            (ClientState::Completed, 200..=299) if self.accepted => InviteResponse::Pass,
+            (ClientState::Completed, 300..) if !self.accepted => InviteResponse::Ack,
+            _ => InviteResponse::Absorb,
+        }
+    }
+
+    pub fn on_transport_error(&mut self) {
+        self.state = ClientState::Terminated;
+    }
+
+    pub fn on_timer(&mut self, now: Instant) -> ClientTimer {
+        match self.state {
+            ClientState::Trying | ClientState::Proceeding => {
+                if self.timeout_at.is_some_and(|t| now >= t) {
+                    self.state = ClientState::Terminated;
+                    return ClientTimer::Timeout;
+                }
+                match self.retransmit_at {
+                    Some(at) if now >= at => {
+                        // Timer A doubles without the T2 cap of non-INVITE (17.1.1.2).
+                        self.interval *= 2;
+                        self.retransmit_at = Some(now + self.interval);
+                        ClientTimer::Retransmit
+                    }
+                    _ => ClientTimer::Idle,
+                }
+            }
+            ClientState::Completed => {
+                if self.terminate_at.is_some_and(|at| now >= at) {
+                    self.state = ClientState::Terminated;
+                }
+                ClientTimer::Idle
+            }
+            ClientState::Terminated => ClientTimer::Idle,
+        }
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            ClientState::Trying | ClientState::Proceeding => {
+                match (self.retransmit_at, self.timeout_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            ClientState::Completed => self.terminate_at,
+            ClientState::Terminated => None,
+        }
+    }
+
+    pub fn is_terminated(&self) -> bool {
+        self.state == ClientState::Terminated
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerState {
     Trying,
     Proceeding,
     Completed,
     Confirmed,
+    /// RFC 6026: a 2xx was sent; retransmitted until the ACK, INVITE retransmissions absorbed.
+    Accepted,
     Terminated,
 }
 
@@ -268,8 +416,7 @@ pub enum ServerInviteTimer {
     NoAck,
 }
 
-/// INVITE server transaction (RFC 3261 17.2.1 with RFC 6026's Accepted state folded into
-/// Terminated-on-2xx for now: stox answers INVITEs with non-2xx only until chat sessions land).
+/// INVITE server transaction (RFC 3261 17.2.1 with RFC 6026's Accepted state).
 #[derive(Debug, Clone)]
 pub struct ServerInvite {
     state: ServerState,
@@ -311,9 +458,12 @@ impl ServerInvite {
         }
         self.last_response = Some(bytes);
         if (200..300).contains(&status) {
-            // The TU retransmits 2xx itself (RFC 3261 13.3.1.4).
-            self.state = ServerState::Terminated;
-            self.deadline = None;
+            // 13.3.1.4: the 2xx goes again at T1, 2*T1, ... capped at T2, over any
+            // transport (the ACK is end to end), until the ACK or 64*T1 (timer L).
+            self.state = ServerState::Accepted;
+            self.interval = self.timers.t1;
+            self.retransmit_at = Some(now + self.timers.t1);
+            self.deadline = Some(now + self.timers.timeout());
         } else if status >= 300 {
             self.state = ServerState::Completed;
             self.interval = self.timers.t1;
@@ -321,6 +471,22 @@ impl ServerInvite {
             self.deadline = Some(now + self.timers.timeout());
         }
         true
+    }
+
+    /// The ACK for a 2xx (it has its own branch, so the core matches it by dialog).
+    /// Returns true the first time, when the TU must see it.
+    pub fn on_ack_2xx(&mut self) -> bool {
+        if self.state == ServerState::Accepted && self.retransmit_at.is_some() {
+            // Stay Accepted until timer L to absorb INVITE retransmissions.
+            self.retransmit_at = None;
+            return true;
+        }
+        false
+    }
+
+    /// Whether the 2xx is still waiting for its ACK.
+    pub fn awaits_ack_2xx(&self) -> bool {
+        self.state == ServerState::Accepted && self.retransmit_at.is_some()
     }
 
     /// The ACK for a non-2xx final response.
@@ -339,12 +505,17 @@ impl ServerInvite {
 
     pub fn on_timer(&mut self, now: Instant) -> ServerInviteTimer {
         match self.state {
-            ServerState::Completed => {
+            ServerState::Completed | ServerState::Accepted => {
                 if self.deadline.is_some_and(|d| now >= d) {
+                    let acked = self.state == ServerState::Accepted && self.retransmit_at.is_none();
                     self.state = ServerState::Terminated;
                     self.retransmit_at = None;
                     self.deadline = None;
-                    return ServerInviteTimer::NoAck;
+                    return if acked {
+                        ServerInviteTimer::Idle
+                    } else {
+                        ServerInviteTimer::NoAck
+                    };
                 }
                 if let Some(at) = self.retransmit_at {
                     if now >= at {
@@ -509,6 +680,79 @@ mod tests {
         assert_eq!(tx.deadline(), Some(t0 + ms(5700)));
         tx.on_timer(t0 + ms(5700));
         assert!(tx.is_terminated());
+    }
+
+    #[test]
+    fn client_invite_timer_a_doubles_without_a_cap_and_b_ends_it() {
+        let t0 = Instant::now();
+        let mut tx = ClientInvite::new(t0, false, Timers::default());
+        let mut sends = Vec::new();
+        let end = loop {
+            let d = tx.deadline().unwrap();
+            match tx.on_timer(d) {
+                ClientTimer::Retransmit => sends.push((d - t0).as_millis() as u64),
+                ClientTimer::Timeout => break (d - t0).as_millis() as u64,
+                ClientTimer::Idle => {}
+            }
+        };
+        assert_eq!(sends, vec![500, 1500, 3500, 7500, 15500, 31500]);
+        assert_eq!(end, 32000);
+    }
+
+    #[test]
+    fn client_invite_passes_every_2xx_and_acks_failures_itself() {
+        let t0 = Instant::now();
+        let mut tx = ClientInvite::new(t0, false, Timers::default());
+        assert_eq!(tx.on_response(t0, 180), InviteResponse::Pass);
+        assert!(tx.is_proceeding());
+        assert_eq!(tx.deadline(), Some(t0 + ms(32000)), "A stops, B runs");
+        assert_eq!(tx.on_response(t0 + ms(10), 200), InviteResponse::Pass);
+        assert_eq!(tx.on_response(t0 + ms(20), 200), InviteResponse::Pass, "a fork or retransmission");
+        assert_eq!(tx.on_response(t0 + ms(30), 486), InviteResponse::Absorb);
+        tx.on_timer(t0 + ms(32010));
+        assert!(tx.is_terminated(), "timer M");
+
+        let mut tx = ClientInvite::new(t0, false, Timers::default());
+        assert_eq!(tx.on_response(t0, 486), InviteResponse::PassAndAck);
+        assert_eq!(tx.on_response(t0 + ms(500), 486), InviteResponse::Ack);
+        assert_eq!(tx.deadline(), Some(t0 + ms(32000)), "timer D");
+        let mut tx = ClientInvite::new(t0, true, Timers::default());
+        assert_eq!(tx.on_response(t0, 603), InviteResponse::PassAndAck);
+        assert_eq!(tx.deadline(), Some(t0), "D is 0 over TCP");
+    }
+
+    #[test]
+    fn server_invite_retransmits_a_2xx_until_the_ack_then_absorbs_until_l() {
+        let t0 = Instant::now();
+        let mut tx = ServerInvite::new(t0, true, Timers::default());
+        assert!(tx.on_respond(t0, 200, Bytes::from_static(b"200")));
+        assert_eq!(tx.state(), ServerState::Accepted);
+        assert_eq!(tx.on_retransmission(), None, "INVITE retransmissions are absorbed");
+        assert_eq!(
+            tx.on_timer(t0 + ms(500)),
+            ServerInviteTimer::Retransmit(Bytes::from_static(b"200")),
+            "even over TCP: the ACK is end to end"
+        );
+        assert!(tx.awaits_ack_2xx());
+        assert!(tx.on_ack_2xx());
+        assert!(!tx.on_ack_2xx(), "a retransmitted ACK is not news");
+        assert_eq!(tx.deadline(), Some(t0 + ms(32000)));
+        assert_eq!(tx.on_timer(t0 + ms(32000)), ServerInviteTimer::Idle);
+        assert!(tx.is_terminated());
+
+        let mut tx = ServerInvite::new(t0, false, Timers::default());
+        tx.on_respond(t0, 200, Bytes::from_static(b"200"));
+        let mut n = 0;
+        let last = loop {
+            let d = tx.deadline().unwrap();
+            match tx.on_timer(d) {
+                ServerInviteTimer::Retransmit(_) => n += 1,
+                ServerInviteTimer::NoAck => break d,
+                ServerInviteTimer::Idle => {}
+            }
+        };
+        assert_eq!(last, t0 + ms(32000));
+        assert!(n >= 8, "{n}");
     }
 
     #[test]
