@@ -440,7 +440,12 @@ impl SipCore {
                     let mut terminated = terminated;
                     for h in terminated.headers.iter_mut() {
                         if let Header::CSeq(c) = h {
-                            let n = c.value().split_whitespace().next().unwrap_or("1").to_string();
+                            let n = c
+                                .value()
+                                .split_whitespace()
+                                .next()
+                                .unwrap_or("1")
+                                .to_string();
                             *c = rsipstack::sip::CSeq::new(format!("{n} INVITE"));
                         }
                     }
@@ -597,7 +602,15 @@ impl SipCore {
         };
         let branch = top_branch(&cancel).unwrap_or_default();
         // Its responses are the core's own: token 0 reaches no TU.
-        self.start_client(now, cancel, branch, bytes, transmit.to, transmit.transport, 0);
+        self.start_client(
+            now,
+            cancel,
+            branch,
+            bytes,
+            transmit.to,
+            transmit.transport,
+            0,
+        );
     }
 
     /// Sends a request outside any transaction (the ACK for a 2xx, RFC 3261 13.2.2.4):
@@ -949,7 +962,11 @@ fn call_id_and_cseq_of(headers: &rsipstack::sip::Headers) -> Option<(String, u32
         match h {
             Header::CallId(c) => call_id = Some(c.value().to_string()),
             Header::CSeq(c) => {
-                cseq = c.value().split_whitespace().next().and_then(|n| n.parse().ok())
+                cseq = c
+                    .value()
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
             }
             _ => {}
         }
@@ -967,13 +984,11 @@ fn copied_from_invite(invite: &Request, method: &str, to: Option<Header>) -> Req
     let mut cseq = 1;
     for h in invite.headers.iter() {
         match h {
-            Header::Via(v) => {
-                if !headers.iter().any(|h| matches!(h, Header::Via(_))) {
-                    // Only our own, top Via.
-                    headers.push(Header::Via(rsipstack::sip::Via::new(
-                        first_list_value(v.value()).to_string(),
-                    )))
-                }
+            // Only our own, top Via.
+            Header::Via(v) if !headers.iter().any(|h| matches!(h, Header::Via(_))) => {
+                headers.push(Header::Via(rsipstack::sip::Via::new(
+                    first_list_value(v.value()).to_string(),
+                )))
             }
             Header::Route(_) | Header::From(_) | Header::CallId(_) | Header::MaxForwards(_) => {
                 headers.push(h.clone())
@@ -1000,7 +1015,7 @@ fn copied_from_invite(invite: &Request, method: &str, to: Option<Header>) -> Req
             Method::Cancel
         },
         uri: invite.uri.clone(),
-        version: invite.version.clone(),
+        version: invite.version,
         headers,
         body: Vec::new(),
     }
@@ -1008,7 +1023,11 @@ fn copied_from_invite(invite: &Request, method: &str, to: Option<Header>) -> Req
 
 /// 17.1.1.3: the ACK a client INVITE transaction sends for a non-2xx final response.
 fn ack_for_failure(invite: &Request, response: &Response) -> Request {
-    let to = response.headers.iter().find(|h| matches!(h, Header::To(_))).cloned();
+    let to = response
+        .headers
+        .iter()
+        .find(|h| matches!(h, Header::To(_)))
+        .cloned();
     copied_from_invite(invite, "ACK", to)
 }
 

@@ -5,6 +5,7 @@
 //! the re-exports below and the typed handles of [`endpoint`].
 
 pub mod core;
+pub mod dialog;
 pub mod endpoint;
 pub mod locate;
 pub mod message;
