@@ -9,6 +9,7 @@ pub mod dialog;
 pub mod endpoint;
 pub mod locate;
 pub mod message;
+pub mod subscription;
 pub mod transaction;
 
 pub use rsipstack::sip::{Method, Request, Response, SipMessage};
