@@ -8,4 +8,5 @@ pub mod gateway;
 pub mod im;
 pub mod mapping;
 pub mod sip;
+pub mod store;
 pub mod xmpp;

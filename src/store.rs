@@ -1,0 +1,186 @@
+//! The subscription store: one SQLite file (rusqlite, SQLite bundled) that admins can read
+//! with `sqlite3`. Each record is a row with its key columns and the whole record as JSON.
+//!
+//! WAL journal with `synchronous=NORMAL`: every committed write survives a crash of the
+//! process (kill -9), and a write is either all there or not at all. Callers write before
+//! they act (write-ahead), so after a restart the store says what to refresh.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: cannot open the store: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("store: the file was written by a newer stox (schema {0})")]
+    Schema(i64),
+}
+
+/// One stored row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub id: String,
+    pub kind: String,
+    pub local_jid: String,
+    pub remote: String,
+    pub data: String,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::init(conn).map_err(|e| match e {
+            StoreError::Sql(source) => StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            },
+            e => e,
+        })
+    }
+
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Store, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Schema(version));
+        }
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS subscriptions (
+                 id TEXT PRIMARY KEY,
+                 kind TEXT NOT NULL,          -- 'xmpp-to-sip' or 'sip-to-xmpp'
+                 local_jid TEXT NOT NULL,     -- the XMPP user
+                 remote TEXT NOT NULL,        -- the SIP user's URI
+                 data TEXT NOT NULL,          -- the whole record, JSON
+                 updated_at INTEGER NOT NULL  -- unix seconds
+             );
+             CREATE INDEX IF NOT EXISTS subscriptions_by_user ON subscriptions (local_jid);",
+        )?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written; keep going.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn put(&self, row: &Row) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.conn().execute(
+            "INSERT INTO subscriptions (id, kind, local_jid, remote, data, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(id) DO UPDATE SET kind = ?2, local_jid = ?3, remote = ?4, data = ?5,
+                 updated_at = ?6",
+            params![row.id, row.kind, row.local_jid, row.remote, row.data, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM subscriptions WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, kind, local_jid, remote, data FROM subscriptions WHERE id = ?1",
+                params![id],
+                row_of,
+            )
+            .optional()?)
+    }
+
+    pub fn all(&self) -> Result<Vec<Row>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT id, kind, local_jid, remote, data FROM subscriptions")?;
+        let rows = stmt.query_map([], row_of)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        local_jid: r.get(2)?,
+        remote: r.get(3)?,
+        data: r.get(4)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, data: &str) -> Row {
+        Row {
+            id: id.into(),
+            kind: "xmpp-to-sip".into(),
+            local_jid: "juliet@example.com".into(),
+            remote: "sip:romeo@example.net".into(),
+            data: data.into(),
+        }
+    }
+
+    #[test]
+    fn rows_are_put_replaced_and_deleted() {
+        let s = Store::open_in_memory().unwrap();
+        s.put(&row("a", "{}")).unwrap();
+        s.put(&row("a", "{\"x\":1}")).unwrap();
+        s.put(&row("b", "{}")).unwrap();
+        assert_eq!(s.get("a").unwrap().unwrap().data, "{\"x\":1}");
+        assert_eq!(s.all().unwrap().len(), 2);
+        s.delete("a").unwrap();
+        assert_eq!(s.get("a").unwrap(), None);
+    }
+
+    #[test]
+    fn a_file_store_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/stox.db");
+        Store::open(&path).unwrap().put(&row("a", "{}")).unwrap();
+        let again = Store::open(&path).unwrap();
+        assert_eq!(again.all().unwrap(), vec![row("a", "{}")]);
+    }
+
+    #[test]
+    fn an_unusable_path_is_one_line_naming_it() {
+        let e = Store::open(Path::new("/proc/stox/cannot.db")).err().unwrap().to_string();
+        assert!(e.starts_with("/proc/stox/cannot.db: cannot open the store"), "{e}");
+        assert_eq!(e.lines().count(), 1);
+    }
+}
