@@ -149,6 +149,41 @@ pub struct Config {
     pub xmpp: XmppConfig,
     pub sip: SipConfig,
     pub dns: DnsConfig,
+    pub presence: PresenceConfig,
+    pub store: StoreConfig,
+}
+
+/// `[presence]`: RFC 7248 subscriptions both ways.
+#[derive(Debug, Clone)]
+pub struct PresenceConfig {
+    /// Expires (seconds) of the SUBSCRIBEs stox sends.
+    pub expires: u32,
+    /// The longest subscription a SIP watcher is granted, and the shortest it may ask.
+    pub max_expires: u32,
+    pub min_expires: u32,
+    pub max_per_user: usize,
+    pub max_total: usize,
+    pub probe_timeout_ms: u64,
+    /// XMPP domains refreshed without the probe of RFC 7248 section 6.
+    pub probe_exempt_domains: Vec<String>,
+    pub retry_ms: u64,
+    /// What a SIP watcher's unsubscribe or expiry does to the XMPP subscription.
+    pub on_sip_end: OnSipEnd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnSipEnd {
+    /// The XMPP subscription stays (RFC 7248 allows either); the watcher gets
+    /// terminated;reason=timeout.
+    Keep,
+    /// The XMPP user gets `unsubscribe` from the watcher.
+    Unsubscribe,
+}
+
+/// `[store]`: where subscriptions are kept across restarts.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: std::path::PathBuf,
 }
 
 // The file's shape. Unknown keys are errors, so a typo never silently falls back to a default.
@@ -160,6 +195,31 @@ struct RawConfig {
     sip: RawSip,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default)]
+    presence: RawPresence,
+    #[serde(default)]
+    store: RawStore,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPresence {
+    expires: Option<u32>,
+    max_expires: Option<u32>,
+    min_expires: Option<u32>,
+    max_per_user: Option<usize>,
+    max_total: Option<usize>,
+    probe_timeout_ms: Option<u64>,
+    #[serde(default)]
+    probe_exempt_domains: Vec<String>,
+    retry_ms: Option<u64>,
+    on_sip_end: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -500,6 +560,69 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             user_agent,
         },
         dns: DnsConfig { nameservers },
+        presence: validate_presence(raw.presence)?,
+        store: StoreConfig {
+            path: std::path::PathBuf::from(
+                raw.store
+                    .path
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| "stox.db".into()),
+            ),
+        },
+    })
+}
+
+fn validate_presence(raw: RawPresence) -> Result<PresenceConfig, ConfigError> {
+    let expires = raw.expires.unwrap_or(3600);
+    if !(60..=604_800).contains(&expires) {
+        return Err(ConfigError::new(
+            "presence.expires",
+            "must be between 60 and 604800 seconds",
+        ));
+    }
+    let min_expires = raw.min_expires.unwrap_or(60);
+    let max_expires = raw.max_expires.unwrap_or(86_400);
+    if min_expires == 0 || min_expires > max_expires {
+        return Err(ConfigError::new(
+            "presence.min_expires",
+            "must be at least 1 and at most presence.max_expires",
+        ));
+    }
+    let mut exempt = Vec::new();
+    for (i, d) in raw.probe_exempt_domains.iter().enumerate() {
+        let d = d.trim().to_ascii_lowercase();
+        check_domain(&format!("presence.probe_exempt_domains[{i}]"), &d)?;
+        exempt.push(d);
+    }
+    let on_sip_end = match raw.on_sip_end.as_deref().map(str::trim) {
+        None | Some("keep") => OnSipEnd::Keep,
+        Some("unsubscribe") => OnSipEnd::Unsubscribe,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "presence.on_sip_end",
+                other,
+                "expected \"keep\" or \"unsubscribe\"",
+            ))
+        }
+    };
+    let probe_timeout_ms = raw.probe_timeout_ms.unwrap_or(10_000);
+    if !(100..=300_000).contains(&probe_timeout_ms) {
+        return Err(ConfigError::new(
+            "presence.probe_timeout_ms",
+            "must be between 100 and 300000",
+        ));
+    }
+    Ok(PresenceConfig {
+        expires,
+        max_expires,
+        min_expires,
+        max_per_user: raw.max_per_user.unwrap_or(1000),
+        max_total: raw.max_total.unwrap_or(200_000),
+        probe_timeout_ms,
+        probe_exempt_domains: exempt,
+        retry_ms: raw.retry_ms.unwrap_or(60_000).max(100),
+        on_sip_end,
     })
 }
 
@@ -678,6 +801,26 @@ domains = ["example.com"]
             "{MINIMAL}[sip]\nlisten = [\"udp:0.0.0.0:5060\"]\nadvertise = \"gw.example.com\"\n"
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn presence_and_store_keys_are_checked() {
+        let base = "[xmpp]\njid = \"sip.example.com\"\nserver = \"127.0.0.1:5347\"\nsecret = \"s\"\ndomains = [\"example.com\"]\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.presence.expires, 3600);
+        assert_eq!(c.store.path, std::path::PathBuf::from("stox.db"));
+        let e = Config::parse(&format!("{base}[presence]\nexpires = 5\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("presence.expires: "), "{e}");
+        let e = Config::parse(&format!("{base}[presence]\non_sip_end = \"drop\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("presence.on_sip_end"), "{e}");
+        let e = Config::parse(&format!("{base}[store]\nfile = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.file"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use xmpp_parsers::stanza::Stanza;
 use crate::address::{AddressError, AddressMap};
 use crate::config::Config;
 use crate::im::Im;
+use crate::presence::PresenceHandle;
 use crate::sip::endpoint::{self, IncomingRequest, StartError};
 use crate::xmpp::link::{self, LinkConfig, XmppLink};
 use crate::xmpp::service;
@@ -22,6 +23,8 @@ pub enum RunError {
     Sip(#[from] StartError),
     #[error("address mapping: {0}")]
     Address(#[from] AddressError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// What a running gateway exposes to its caller (tests use it to wait for the link).
@@ -60,13 +63,14 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         },
         inbound_tx,
     );
+    let presence = crate::presence::start(&config, addresses.clone(), sip.clone(), xmpp.clone())?;
     let im = Arc::new(Im::new(addresses.clone(), sip.clone(), xmpp.clone()));
-    tokio::spawn(route_xmpp(inbound, im.clone()));
-    tokio::spawn(route_sip(sip_requests, im));
+    tokio::spawn(route_xmpp(inbound, im.clone(), presence.clone()));
+    tokio::spawn(route_sip(sip_requests, im, presence));
     Ok(Running { xmpp, sip })
 }
 
-async fn route_xmpp(mut inbound: mpsc::Receiver<Stanza>, im: Arc<Im>) {
+async fn route_xmpp(mut inbound: mpsc::Receiver<Stanza>, im: Arc<Im>, presence: PresenceHandle) {
     while let Some(stanza) = inbound.recv().await {
         match stanza {
             Stanza::Iq(iq) => {
@@ -77,19 +81,22 @@ async fn route_xmpp(mut inbound: mpsc::Receiver<Stanza>, im: Arc<Im>) {
             Stanza::Message(m) => {
                 tokio::spawn(im.clone().from_xmpp(m));
             }
-            Stanza::Presence(p) => {
-                tracing::debug!(from = ?p.from, to = ?p.to, type_ = ?p.type_, "Presence is not bridged yet; ignored.");
-            }
+            Stanza::Presence(p) => presence.xmpp(p),
         }
     }
 }
 
-async fn route_sip(mut requests: mpsc::Receiver<IncomingRequest>, im: Arc<Im>) {
+async fn route_sip(
+    mut requests: mpsc::Receiver<IncomingRequest>,
+    im: Arc<Im>,
+    presence: PresenceHandle,
+) {
     while let Some(incoming) = requests.recv().await {
         match incoming.request.method {
             Method::Message => {
                 tokio::spawn(im.clone().from_sip(incoming));
             }
+            Method::Subscribe | Method::Notify => presence.sip(incoming),
             Method::Options => im.options(incoming),
             _ => im.unsupported(incoming),
         }

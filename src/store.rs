@@ -179,8 +179,14 @@ mod tests {
 
     #[test]
     fn an_unusable_path_is_one_line_naming_it() {
-        let e = Store::open(Path::new("/proc/stox/cannot.db")).err().unwrap().to_string();
-        assert!(e.starts_with("/proc/stox/cannot.db: cannot open the store"), "{e}");
+        let e = Store::open(Path::new("/proc/stox/cannot.db"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("/proc/stox/cannot.db: cannot open the store"),
+            "{e}"
+        );
         assert_eq!(e.lines().count(), 1);
     }
 }

@@ -14,7 +14,7 @@ use rsipstack::sip::headers::make_header;
 use rsipstack::sip::{Header, Headers, Method, Request, Response, Uri, Version};
 
 /// What identifies a dialog (12): Call-ID and the two tags, ours first.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct DialogId {
     pub call_id: String,
     pub local_tag: String,
@@ -29,7 +29,7 @@ pub enum DialogError {
     BadTarget(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Dialog {
     pub id: DialogId,
     /// Our address (name-addr, no tag): From of our requests.

@@ -29,7 +29,7 @@ pub enum Framing {
 }
 
 /// The methods stox implements as a UAS; everything else gets 405 (known) or 501 (unknown).
-pub const ALLOW: &str = "MESSAGE, OPTIONS";
+pub const ALLOW: &str = "MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY";
 
 /// A well-formed message and the number of bytes it took (for streams).
 #[derive(Debug)]

@@ -70,7 +70,11 @@ impl SubscriptionState {
     pub fn parse(value: &str) -> Result<SubscriptionState, BadSubscriptionState> {
         let bad = || BadSubscriptionState(value.to_string());
         let mut parts = value.split(';');
-        let state = match parts.next().map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        let state = match parts
+            .next()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .as_deref()
+        {
             Some("active") => SubState::Active,
             Some("pending") => SubState::Pending,
             Some("terminated") => SubState::Terminated,
@@ -199,7 +203,10 @@ mod tests {
         assert_eq!(s.state, SubState::Terminated);
         assert_eq!(s.reason, Some(Reason::Probation));
         assert_eq!(s.retry_after, Some(30));
-        assert_eq!(s.header_value(), "terminated;reason=probation;retry-after=30");
+        assert_eq!(
+            s.header_value(),
+            "terminated;reason=probation;retry-after=30"
+        );
         let a = SubscriptionState::parse("Active ; expires=3600").unwrap();
         assert_eq!(a, SubscriptionState::active(3600));
         assert!(SubscriptionState::parse("bogus").is_err());
@@ -211,22 +218,40 @@ mod tests {
         let d = Duration::from_secs(60);
         let t = |v| after_termination(&SubscriptionState::parse(v).unwrap(), d);
         assert_eq!(t("terminated"), AfterTermination::Resubscribe);
-        assert_eq!(t("terminated;reason=timeout"), AfterTermination::Resubscribe);
-        assert_eq!(t("terminated;reason=deactivated"), AfterTermination::Resubscribe);
+        assert_eq!(
+            t("terminated;reason=timeout"),
+            AfterTermination::Resubscribe
+        );
+        assert_eq!(
+            t("terminated;reason=deactivated"),
+            AfterTermination::Resubscribe
+        );
         assert_eq!(
             t("terminated;reason=probation;retry-after=5"),
             AfterTermination::ResubscribeAfter(Duration::from_secs(5))
         );
-        assert_eq!(t("terminated;reason=giveup"), AfterTermination::ResubscribeAfter(d));
+        assert_eq!(
+            t("terminated;reason=giveup"),
+            AfterTermination::ResubscribeAfter(d)
+        );
         assert_eq!(t("terminated;reason=rejected"), AfterTermination::GiveUp);
         assert_eq!(t("terminated;reason=noresource"), AfterTermination::GiveUp);
     }
 
     #[test]
     fn refreshes_come_before_expiry() {
-        assert_eq!(refresh_after(Duration::from_secs(3600)), Duration::from_secs(3240));
-        assert_eq!(refresh_after(Duration::from_secs(30)), Duration::from_secs(25));
-        assert_eq!(refresh_after(Duration::from_secs(6)), Duration::from_secs(3));
+        assert_eq!(
+            refresh_after(Duration::from_secs(3600)),
+            Duration::from_secs(3240)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(30)),
+            Duration::from_secs(25)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(6)),
+            Duration::from_secs(3)
+        );
         assert!(is_presence_event("presence;id=1"));
         assert!(!is_presence_event("dialog"));
     }

@@ -393,9 +393,14 @@ pub struct Stox {
 
 impl Stox {
     /// The config stox gets in the tests; `extra` is appended (e.g. `[sip.routes]`).
-    pub fn config_text(component_port: u16, sip_port: u16, extra: &str) -> String {
+    pub fn config_text(dir: &Path, component_port: u16, sip_port: u16, extra: &str) -> String {
+        let db = dir.join("stox.db");
+        let db = db.display();
         format!(
-            r#"[xmpp]
+            r#"[store]
+path = "{db}"
+
+[xmpp]
 jid = "{COMPONENT}"
 server = "127.0.0.1:{component_port}"
 secret = "{SECRET}"
@@ -414,7 +419,11 @@ listen = ["udp:127.0.0.1:{sip_port}", "tcp:127.0.0.1:{sip_port}"]
         std::fs::create_dir_all(&dir).unwrap();
         let sip_port = free_port();
         let config = dir.join("component.toml");
-        std::fs::write(&config, Stox::config_text(component_port, sip_port, extra)).unwrap();
+        std::fs::write(
+            &config,
+            Stox::config_text(&dir, component_port, sip_port, extra),
+        )
+        .unwrap();
         let mut s = Stox {
             log: dir.join("stox.log"),
             dir,
