@@ -135,6 +135,15 @@ pub struct Inbound {
     pub dialog: Dialog,
     pub state: InState,
     pub expires_at: Millis,
+    /// A NOTIFY is out and unanswered: the next waits for it (so they arrive in order).
+    #[serde(skip)]
+    pub busy: bool,
+    /// The user's state changed since the last NOTIFY.
+    #[serde(skip)]
+    pub dirty: bool,
+    /// Ending: the terminated NOTIFY goes once the one in flight is answered.
+    #[serde(skip)]
+    pub ending: Option<Reason>,
 }
 
 #[derive(Debug)]
@@ -175,7 +184,12 @@ enum Timer {
     Out(String),
     In(String),
     Probe(String),
+    Notify(String),
 }
+
+/// Presence changes within this window go out as one NOTIFY (a burst of stanzas, e.g.
+/// `subscribed` followed by the user's presence, makes one notification, not several).
+const NOTIFY_DEBOUNCE_MS: Millis = 100;
 
 pub const KIND_OUT: &str = "xmpp-to-sip";
 pub const KIND_IN: &str = "sip-to-xmpp";
@@ -740,7 +754,7 @@ impl PresenceCore {
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
-            self.notify(now, &key, None);
+            self.notify(now, &key);
         }
         // RFC 7248 section 4 item 4: the user went away, so the SIP subscription can go
         // too; the user's next login probe brings it back.
@@ -776,7 +790,7 @@ impl PresenceCore {
                 if i.state == InState::Pending {
                     i.state = InState::Active;
                     self.save_in(&key);
-                    self.notify(now, &key, None);
+                    self.notify(now, &key);
                 }
             }
         }
@@ -790,13 +804,45 @@ impl PresenceCore {
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
-            self.notify(0, &key, Some(Reason::Rejected));
-            self.remove_in(&key);
+            self.end_watch(0, &key, Reason::Rejected);
         }
     }
 
+    /// The user's state changed: NOTIFY the watcher soon (debounced, one at a time).
+    fn notify(&mut self, now: Millis, key: &str) {
+        let Some(i) = self.ins.get_mut(key) else {
+            return;
+        };
+        i.dirty = true;
+        if !i.busy {
+            self.timers.push(Reverse((
+                now + NOTIFY_DEBOUNCE_MS,
+                Timer::Notify(key.to_string()),
+            )));
+        }
+    }
+
+    /// Ends a watcher's subscription with a terminated NOTIFY (after the one in flight).
+    fn end_watch(&mut self, now: Millis, key: &str, reason: Reason) {
+        if !self.ins.contains_key(key) {
+            return;
+        }
+        if reason == Reason::Timeout {
+            self.sip_watch_ended(key);
+        }
+        let Some(i) = self.ins.get_mut(key) else {
+            return;
+        };
+        if i.busy {
+            i.ending = Some(reason);
+            return;
+        }
+        self.send_notify(now, key, Some(reason));
+        self.remove_in(key);
+    }
+
     /// Sends the watcher the user's state: active/pending with the PIDF, or terminated.
-    fn notify(&mut self, now: Millis, key: &str, end: Option<Reason>) {
+    fn send_notify(&mut self, now: Millis, key: &str, end: Option<Reason>) {
         let contact = self.settings.contact.clone();
         let Some(i) = self.ins.get_mut(key) else {
             return;
@@ -804,6 +850,8 @@ impl PresenceCore {
         let Ok(mut request) = i.dialog.request(Method::Notify) else {
             return;
         };
+        i.busy = true;
+        i.dirty = false;
         let left = (i.expires_at.saturating_sub(now) / 1000) as u32;
         let state = match (&end, i.state) {
             (Some(r), _) => SubscriptionState::terminated(r.clone()),
@@ -901,14 +949,18 @@ impl PresenceCore {
                 format!("<{}>", self.settings.contact),
             ));
             if granted == 0 {
-                self.notify(now, &key, Some(Reason::Timeout));
-                self.sip_watch_ended(&key);
-                self.remove_in(&key);
+                self.end_watch(now, &key, Reason::Timeout);
             } else {
                 i.expires_at = now + secs(granted);
                 let at = i.expires_at;
+                let busy = i.busy;
                 self.timers.push(Reverse((at, Timer::In(key.clone()))));
-                self.notify(now, &key, None);
+                // RFC 6665 4.2.1.2: every accepted SUBSCRIBE gets a NOTIFY.
+                if busy {
+                    self.notify(now, &key);
+                } else {
+                    self.send_notify(now, &key, None);
+                }
             }
             return ok;
         }
@@ -966,32 +1018,32 @@ impl PresenceCore {
                 InState::Pending
             },
             expires_at: now + secs(granted),
+            busy: false,
+            dirty: false,
+            ending: None,
         };
         self.count(&user, 1);
         self.ins.insert(key.clone(), inbound);
         if granted == 0 {
             // A fetch (RFC 6665 4.4.3): one NOTIFY with the state, then it is over.
-            self.notify(now, &key, None);
+            self.send_notify(now, &key, None);
             self.remove_in(&key);
             return ok;
         }
         self.timers
             .push(Reverse((now + secs(granted), Timer::In(key.clone()))));
-        self.notify(now, &key, None);
+        // The first NOTIFY goes at once (RFC 6665 4.2.1.2).
+        self.send_notify(now, &key, None);
         if !approved {
             if let (Ok(from), Ok(to)) = (Jid::new(&watcher_jid), Jid::new(&user)) {
                 self.stanza(
                     Presence::new(PresenceType::Subscribe)
-                        .with_from(from.clone())
-                        .with_to(to.clone()),
-                );
-                // The user's current presence, if the subscription already exists on the
-                // XMPP side (the server answers a probe only then).
-                self.stanza(
-                    Presence::new(PresenceType::Probe)
                         .with_from(from)
                         .with_to(to),
                 );
+                // No probe: a server answers one from a not-yet-subscribed contact with
+                // `unsubscribed`. If the user approved this watcher before, the server
+                // answers `subscribed` at once (RFC 6121 3.1.3) and sends the presence.
             }
         }
         ok
@@ -1214,6 +1266,17 @@ impl PresenceCore {
                 if gone {
                     tracing::info!(%key, "Watcher's subscription is gone (NOTIFY failed); removed.");
                     self.remove_in(&key);
+                    return;
+                }
+                let Some(i) = self.ins.get_mut(&key) else {
+                    return;
+                };
+                i.busy = false;
+                if let Some(reason) = i.ending.take() {
+                    self.send_notify(now, &key, Some(reason));
+                    self.remove_in(&key);
+                } else if i.dirty {
+                    self.send_notify(now, &key, None);
                 }
             }
             Pending::Subscribe { key, expires } => {
@@ -1327,9 +1390,12 @@ impl PresenceCore {
                         continue;
                     }
                     tracing::debug!(%key, "A SIP watcher's subscription expired.");
-                    self.notify(now, &key, Some(Reason::Timeout));
-                    self.sip_watch_ended(&key);
-                    self.remove_in(&key);
+                    self.end_watch(now, &key, Reason::Timeout);
+                }
+                Timer::Notify(key) => {
+                    if self.ins.get(&key).is_some_and(|i| i.dirty && !i.busy) {
+                        self.send_notify(now, &key, None);
+                    }
                 }
                 Timer::Probe(user) => {
                     let Some((deadline, _)) = self.probes.get(&user) else {

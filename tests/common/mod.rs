@@ -29,11 +29,15 @@ pub fn need(bin: &str, package: &str) -> PathBuf {
 
 /// A temp dir readable by other users (ejabberd drops to its own user).
 pub fn temp_dir() -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
+    let mut d = tempfile::Builder::new()
         .prefix("stox-test-")
         .tempdir()
         .expect("temp dir");
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    if std::env::var_os("STOX_KEEP_TEST_DIRS").is_some() {
+        eprintln!("test dir kept: {}", d.path().display());
+        d.disable_cleanup(true);
+    }
     d
 }
 
@@ -540,6 +544,29 @@ impl Sipp {
             .output()
             .expect("sipp");
         SippResult::read(dir, name, out.status.success(), &out.stderr)
+    }
+
+    /// Starts a UAC scenario in the background against `target`; `finish` waits for it.
+    pub fn spawn_uac(
+        dir: &Path,
+        name: &str,
+        scenario: &str,
+        target: &str,
+        extra: &[&str],
+    ) -> SippUas {
+        let port = free_port();
+        let proc = Proc::spawn(
+            "sipp",
+            Sipp::command(dir, name, scenario, port)
+                .arg(target)
+                .args(["-m", "1"])
+                .args(extra),
+        );
+        SippUas {
+            proc,
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+        }
     }
 
     /// Starts a UAS scenario in the background on `port`; `finish` waits for it.

@@ -25,6 +25,9 @@ def out(line):
 class Client(slixmpp.ClientXMPP):
     def __init__(self, jid, password):
         super().__init__(jid, password)
+        # The test decides every subscription answer itself.
+        self.auto_authorize = None
+        self.auto_subscribe = False
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("failed_auth", lambda _: out("FAILED auth"))
         self.add_event_handler("disconnected", lambda _: out("DISCONNECTED"))
@@ -37,6 +40,9 @@ class Client(slixmpp.ClientXMPP):
         out("STANZA " + str(stanza))
 
     async def on_start(self, _event):
+        # An "interested resource" (RFC 6121 2.1.6): it gets roster pushes and the
+        # subscription stanzas the server delivers only to such resources.
+        await self.get_roster()
         self.send_presence()
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
