@@ -633,7 +633,9 @@ impl Driver {
             },
         };
         if self.tu.try_send(incoming).is_err() {
-            tracing::warn!("The transaction user is saturated; an ACK or CANCEL was not passed on.");
+            tracing::warn!(
+                "The transaction user is saturated; an ACK or CANCEL was not passed on."
+            );
         }
     }
 

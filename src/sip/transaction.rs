@@ -707,7 +707,11 @@ mod tests {
         assert!(tx.is_proceeding());
         assert_eq!(tx.deadline(), Some(t0 + ms(32000)), "A stops, B runs");
         assert_eq!(tx.on_response(t0 + ms(10), 200), InviteResponse::Pass);
-        assert_eq!(tx.on_response(t0 + ms(20), 200), InviteResponse::Pass, "a fork or retransmission");
+        assert_eq!(
+            tx.on_response(t0 + ms(20), 200),
+            InviteResponse::Pass,
+            "a fork or retransmission"
+        );
         assert_eq!(tx.on_response(t0 + ms(30), 486), InviteResponse::Absorb);
         tx.on_timer(t0 + ms(32010));
         assert!(tx.is_terminated(), "timer M");
@@ -727,7 +731,11 @@ mod tests {
         let mut tx = ServerInvite::new(t0, true, Timers::default());
         assert!(tx.on_respond(t0, 200, Bytes::from_static(b"200")));
         assert_eq!(tx.state(), ServerState::Accepted);
-        assert_eq!(tx.on_retransmission(), None, "INVITE retransmissions are absorbed");
+        assert_eq!(
+            tx.on_retransmission(),
+            None,
+            "INVITE retransmissions are absorbed"
+        );
         assert_eq!(
             tx.on_timer(t0 + ms(500)),
             ServerInviteTimer::Retransmit(Bytes::from_static(b"200")),
