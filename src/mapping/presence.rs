@@ -13,7 +13,10 @@
 //! ```
 //!
 //! The SIP headers of Tables 6 and 7 (From, To, CSeq, Event) are the subscription layer's;
-//! this module maps bodies only and does no I/O.
+//! this module maps bodies only and does no I/O. Both directions keep a little state,
+//! because a NOTIFY carries the whole presence of a user: [`UserPresence`] renders every
+//! resource of an XMPP user in one document, and [`RemotePresence`] turns successive
+//! documents from SIP into what XMPP needs (changed tuples, `unavailable` for tuples gone).
 //!
 //! Choices where RFC 7248 leaves room:
 //! - Tuple ids: `ID-` + the resource, every byte outside `[A-Za-z0-9.-]` written as `_XX`
@@ -557,6 +560,53 @@ pub fn pidf_to_xmpp(
 ) -> Result<Vec<Presence>, PidfError> {
     let doc = parse_pidf(body, content_language)?;
     Ok(doc.tuples.iter().map(|t| t.to_xmpp(from, to)).collect())
+}
+
+/// What the XMPP user was last told of one SIP presentity. A NOTIFY carries the full state,
+/// so a resource whose tuple is gone from the next document has left: XMPP must hear
+/// `unavailable` for it, and nothing again for tuples that did not change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RemotePresence {
+    last: BTreeMap<Option<String>, ResourceState>,
+}
+
+impl RemotePresence {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True if any resource was open in the last document.
+    pub fn is_available(&self) -> bool {
+        self.last.values().any(|s| s.available)
+    }
+
+    /// Takes the next document and returns what to send, each as
+    /// [`ResourceState::to_xmpp`]: new or changed tuples (of several with one resource, the
+    /// last), then `unavailable` for open resources the document no longer has.
+    pub fn update(&mut self, doc: PidfDocument) -> Vec<ResourceState> {
+        let mut next = BTreeMap::new();
+        for state in doc.tuples {
+            next.insert(state.resource.clone(), state);
+        }
+        let mut out: Vec<ResourceState> = next
+            .values()
+            .filter(|s| self.last.get(&s.resource) != Some(*s))
+            .cloned()
+            .collect();
+        for (resource, old) in &self.last {
+            if old.available && !next.contains_key(resource) {
+                out.push(ResourceState {
+                    resource: resource.clone(),
+                    available: false,
+                    show: None,
+                    statuses: BTreeMap::new(),
+                    priority: 0,
+                });
+            }
+        }
+        self.last = next;
+        out
+    }
 }
 
 /// Parses and checks a PIDF body: size, depth and element count limits first, then
@@ -1584,6 +1634,66 @@ mod tests {
             pidf("<tuple id='a'><status><basic>open</basic></status></tuple>")
         );
         assert!(parse_pidf(bom.as_bytes(), None).is_ok());
+    }
+
+    // ---------- RemotePresence: what changed between two NOTIFYs ----------
+
+    #[test]
+    fn a_tuple_gone_from_the_next_notify_is_unavailable() {
+        let mut remote = RemotePresence::new();
+        let doc = |tuples: &str| parse_pidf(pidf(tuples).as_bytes(), None).unwrap();
+        let open = |r: &str, show: &str| {
+            format!(
+                "<tuple id='ID-{r}'><status><basic>open</basic>\
+                 <show xmlns='jabber:client'>{show}</show></status></tuple>"
+            )
+        };
+        let first = remote.update(doc(&format!(
+            "{}{}",
+            open("orchard", "away"),
+            open("mantua", "dnd")
+        )));
+        assert_eq!(first.len(), 2);
+        assert!(remote.is_available());
+        // The same state again (a refresh NOTIFY): nothing to tell.
+        let again = remote.update(doc(&format!(
+            "{}{}",
+            open("orchard", "away"),
+            open("mantua", "dnd")
+        )));
+        assert!(again.is_empty());
+        // Orchard changes, Mantua is no longer in the document.
+        let next = remote.update(doc(&open("orchard", "chat")));
+        let sent: Vec<Presence> = next
+            .iter()
+            .map(|s| s.to_xmpp(&romeo(), &juliet_jid()))
+            .collect();
+        assert_eq!(
+            sent.iter().map(|p| to_xml(p.clone())).collect::<Vec<_>>(),
+            [
+                "<presence xmlns='jabber:component:accept' \
+                 from='romeo\\40example.net@sip.example.com/orchard' to='juliet@example.com'>\
+                 <show>chat</show><priority>0</priority></presence>",
+                "<presence xmlns='jabber:component:accept' \
+                 from='romeo\\40example.net@sip.example.com/mantua' to='juliet@example.com' \
+                 type='unavailable'><priority>0</priority></presence>",
+            ]
+        );
+        // Closed, then gone: unavailable once only.
+        let closed = remote.update(doc(
+            "<tuple id='ID-orchard'><status><basic>closed</basic></status></tuple>",
+        ));
+        assert_eq!(closed.len(), 1);
+        assert!(!closed[0].available);
+        assert!(!remote.is_available());
+        let gone = remote.update(doc(
+            "<tuple id='ID-mantua'><status><basic>closed</basic></status></tuple>",
+        ));
+        assert_eq!(
+            gone.len(),
+            1,
+            "mantua's closed tuple is new; orchard was closed already"
+        );
     }
 
     // ---------- round trips ----------
