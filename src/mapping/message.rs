@@ -95,7 +95,7 @@ pub fn thread_to_call_id(thread: &str) -> Option<String> {
 }
 
 /// A language tag usable in Content-Language (RFC 3261 20.13: primary-tag *( "-" subtag )).
-fn language_tag(lang: &str) -> Option<&str> {
+pub(crate) fn language_tag(lang: &str) -> Option<&str> {
     let ok = !lang.is_empty()
         && lang.len() <= 35
         && lang

@@ -2,4 +2,5 @@
 
 pub mod error;
 pub mod message;
+pub mod presence;
 pub mod xhtml;

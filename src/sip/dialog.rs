@@ -49,7 +49,7 @@ pub fn header_values(headers: &Headers, name: &str) -> Vec<String> {
     headers
         .iter()
         .filter(|h| h.name().eq_ignore_ascii_case(name))
-        .flat_map(|h| split_list(&h.value()))
+        .flat_map(|h| split_list(h.value()))
         .collect()
 }
 
