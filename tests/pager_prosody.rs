@@ -203,7 +203,7 @@ fn invalid_stanzas_relayed_by_prosody_do_not_end_the_link() {
         juliet.send_raw(xml);
     }
     // The link answers the disco query after all the junk: it is still up.
-    let info = juliet.expect_stanza(&["b4", "type=\"result\""], SECS10);
+    let info = juliet.expect_stanza(&["id=\"b4\"", "type=\"result\""], SECS10);
     assert!(
         info.contains("category=\"gateway\"") && info.contains("type=\"simple\""),
         "{info}"
