@@ -62,6 +62,9 @@ pub struct Transmit {
     pub bytes: Bytes,
     /// The client transaction this carries, so a failure to connect can be reported.
     pub client: Option<u64>,
+    /// The target's host name (`Target::server_name`), for the certificate check of a new
+    /// TLS connection; `None` for responses, which only go back on their connection.
+    pub server_name: Option<String>,
 }
 
 /// Identifies a server transaction to the transaction user.
@@ -508,6 +511,7 @@ impl SipCore {
             from,
             bytes: Bytes::from(bytes),
             client: Some(id),
+            server_name: Some(target.server_name),
         };
         let key = ClientKey {
             branch,
@@ -701,6 +705,7 @@ fn reply_route(echo: &Echo, source: &Source) -> Option<Transmit> {
             from: Some(source.local),
             bytes: Bytes::new(),
             client: None,
+            server_name: None,
         });
     }
     let top = echo.top_via()?;
@@ -730,6 +735,7 @@ fn route_from_via(top: &typed::Via, source: &Source) -> Transmit {
         from: Some(source.local),
         bytes: Bytes::new(),
         client: None,
+        server_name: None,
     }
 }
 

@@ -73,13 +73,18 @@ impl Locator {
         let ip: std::net::IpAddr = host.parse().map_err(|_| LocateError::NoRecords {
             host: dest.host.clone(),
         })?;
-        let transport = dest
-            .transport
-            .unwrap_or(if self.supported.contains(&Transport::Udp) {
-                Transport::Udp
-            } else {
-                Transport::Tcp
-            });
+        // RFC 3263 4.1, RFC 5630: a sips: URI is reached over TLS, whatever its transport
+        // parameter says.
+        let transport = if dest.secure {
+            Transport::Tls
+        } else {
+            dest.transport
+                .unwrap_or(if self.supported.contains(&Transport::Udp) {
+                    Transport::Udp
+                } else {
+                    Transport::Tcp
+                })
+        };
         Ok(vec![Target {
             transport,
             addr: SocketAddr::new(ip, dest.port.unwrap_or(transport.default_port())),

@@ -8,6 +8,7 @@ pub mod core;
 pub mod endpoint;
 pub mod locate;
 pub mod message;
+pub mod tls;
 pub mod transaction;
 
 pub use rsipstack::sip::{Method, Request, Response, SipMessage};
