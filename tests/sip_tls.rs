@@ -104,6 +104,7 @@ fn juliet_reaches_a_sip_user_over_tls_through_a_route() {
         juliet.stanzas_seen()
     );
     assert!(uas.next_event(Duration::from_millis(100)).is_none());
+    assert_eq!(uas.connections(), 1, "the TLS connection should be reused");
 }
 
 #[test]

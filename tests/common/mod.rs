@@ -419,21 +419,10 @@ listen = [{listen}]
     }
 
     pub fn start(dir: &Path, component_port: u16, extra: &str) -> Stox {
-        let dir = dir.join("stox");
-        std::fs::create_dir_all(&dir).unwrap();
         let sip_port = free_port();
-        let config = dir.join("component.toml");
-        std::fs::write(&config, Stox::config_text(component_port, sip_port, extra)).unwrap();
-        let mut s = Stox {
-            log: dir.join("stox.log"),
-            dir,
-            sip_port,
-            tls_port: None,
-            config,
-            proc: None,
-        };
-        s.start_again();
-        s
+        Stox::launch(dir, sip_port, None, |_| {
+            Stox::config_text(component_port, sip_port, extra)
+        })
     }
 
     /// Listens on udp, tcp and `tls:127.0.0.1:<tls_port>` with `identity` as its
@@ -446,31 +435,39 @@ listen = [{listen}]
         identity: &Leaf,
         extra: &str,
     ) -> Stox {
-        let dir = dir.join("stox");
-        std::fs::create_dir_all(&dir).unwrap();
         let sip_port = free_port();
         let tls_port = free_port();
-        let listen = format!(
-            "\"udp:127.0.0.1:{sip_port}\", \"tcp:127.0.0.1:{sip_port}\", \"tls:127.0.0.1:{tls_port}\""
-        );
-        let tls = format!(
-            "[sip.tls]\ncertificate = {:?}\nprivate_key = {:?}\nca_file = {:?}\n",
-            identity.cert,
-            identity.key,
-            pki.ca_file(&dir)
-        );
-        let config = dir.join("component.toml");
-        std::fs::write(
-            &config,
-            Stox::config_text_listen(component_port, &listen, &format!("{extra}\n{tls}")),
-        )
-        .unwrap();
+        Stox::launch(dir, sip_port, Some(tls_port), |dir| {
+            let listen = format!(
+                "\"udp:127.0.0.1:{sip_port}\", \"tcp:127.0.0.1:{sip_port}\", \"tls:127.0.0.1:{tls_port}\""
+            );
+            let tls = format!(
+                "[sip.tls]\ncertificate = {:?}\nprivate_key = {:?}\nca_file = {:?}\n",
+                identity.cert,
+                identity.key,
+                pki.ca_file(dir)
+            );
+            Stox::config_text_listen(component_port, &listen, &format!("{extra}\n{tls}"))
+        })
+    }
+
+    /// Writes the config that `config(stox's dir)` returns and starts stox on it.
+    fn launch(
+        dir: &Path,
+        sip_port: u16,
+        tls_port: Option<u16>,
+        config: impl FnOnce(&Path) -> String,
+    ) -> Stox {
+        let dir = dir.join("stox");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("component.toml");
+        std::fs::write(&path, config(&dir)).unwrap();
         let mut s = Stox {
             log: dir.join("stox.log"),
             dir,
             sip_port,
-            tls_port: Some(tls_port),
-            config,
+            tls_port,
+            config: path,
             proc: None,
         };
         s.start_again();
@@ -1084,6 +1081,7 @@ pub enum UasEvent {
 pub struct TlsUas {
     pub port: u16,
     events: mpsc::Receiver<UasEvent>,
+    connections: std::sync::Arc<AtomicU16>,
 }
 
 impl TlsUas {
@@ -1092,9 +1090,12 @@ impl TlsUas {
         let port = free_port();
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let (tx, events) = mpsc::channel();
+        let connections = std::sync::Arc::new(AtomicU16::new(0));
+        let counter = connections.clone();
         std::thread::spawn(move || {
             for tcp in listener.incoming() {
                 let Ok(tcp) = tcp else { return };
+                counter.fetch_add(1, Ordering::Relaxed);
                 let config = config.clone();
                 let tx = tx.clone();
                 std::thread::spawn(move || {
@@ -1121,7 +1122,16 @@ impl TlsUas {
                 });
             }
         });
-        TlsUas { port, events }
+        TlsUas {
+            port,
+            events,
+            connections,
+        }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u16 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     pub fn next_event(&self, timeout: Duration) -> Option<UasEvent> {
