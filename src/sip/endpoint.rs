@@ -868,6 +868,45 @@ async fn stream_acceptor(
     }
 }
 
+/// When a stream buffer is worth framing again after [`Reject::Incomplete`]: once the new
+/// bytes may end the headers, or once the body can be complete. A message trickled in a
+/// byte per read then costs linear work, not a full parse per byte.
+#[derive(Debug, Default)]
+struct Reassembly {
+    /// How far the buffer has been searched for the end of the headers.
+    scanned: usize,
+    /// The message's whole length, once its headers are in.
+    want: Option<usize>,
+}
+
+impl Reassembly {
+    fn worth_parsing(&mut self, buf: &[u8], max: usize) -> bool {
+        if let Some(want) = self.want {
+            return buf.len() >= want;
+        }
+        if buf.len() > max {
+            return true; // parse rejects it
+        }
+        // The headers end at an empty line (as `message::parse` lexes it: LF, or CR LF).
+        let from = self.scanned.saturating_sub(2);
+        let ended = headers_end_in(&buf[from..]);
+        self.scanned = buf.len();
+        ended
+    }
+
+    fn incomplete(&mut self, buf: &[u8], max: usize) {
+        // Headers in: wait for the rest of the body. Otherwise keep scanning new bytes.
+        self.want = message::stream_frame_len(buf, max).map(|n| n.max(buf.len() + 1));
+    }
+}
+
+/// Whether `bytes` hold an empty line after a line end: "\n\n" or "\n\r\n".
+fn headers_end_in(bytes: &[u8]) -> bool {
+    bytes.windows(2).enumerate().any(|(i, w)| {
+        w[0] == b'\n' && (w[1] == b'\n' || (w[1] == b'\r' && bytes.get(i + 2) == Some(&b'\n')))
+    })
+}
+
 /// One stream connection: who it is and the slot it holds until it ends.
 struct ConnCtx {
     id: ConnId,
@@ -950,6 +989,7 @@ async fn run_conn<S>(
 
     let kind = transport.via_name();
     let mut buf = BytesMut::with_capacity(8192);
+    let mut pending = Reassembly::default();
     'read: loop {
         let idle_since = epoch + Duration::from_millis(activity.load(Ordering::Relaxed));
         tokio::select! {
@@ -977,13 +1017,15 @@ async fn run_conn<S>(
                     let _ = pong_tx.try_send(());
                 }
                 let _ = buf.split_to(skip);
+                pending = Reassembly::default();
             }
-            if buf.is_empty() {
+            if buf.is_empty() || !pending.worth_parsing(&buf, limits.max) {
                 break;
             }
             match message::parse(&buf, Framing::Stream, limits.max) {
                 Ok(p) => {
                     let _ = buf.split_to(p.len);
+                    pending = Reassembly::default();
                     if tx
                         .send(Input::Message {
                             message: p.message,
@@ -995,7 +1037,10 @@ async fn run_conn<S>(
                         break 'read;
                     }
                 }
-                Err(Reject::Incomplete) => break,
+                Err(Reject::Incomplete) => {
+                    pending.incomplete(&buf, limits.max);
+                    break;
+                }
                 Err(reject) => {
                     let len = match &reject {
                         Reject::Answer { len, .. } | Reject::Drop { len, .. } => *len,
@@ -1004,6 +1049,7 @@ async fn run_conn<S>(
                     let framed = match len {
                         Some(len) if len <= buf.len() => {
                             let _ = buf.split_to(len);
+                            pending = Reassembly::default();
                             true
                         }
                         _ => false,
@@ -1066,6 +1112,57 @@ mod tests {
             ConnKey::new(Transport::Tcp, addr, Some("a.example")),
             ConnKey::new(Transport::Tcp, addr, None)
         );
+    }
+
+    /// Feeds `text` in pieces of `step` bytes; returns how often it was worth parsing and
+    /// whether the last piece was.
+    fn feed(text: &[u8], step: usize) -> (usize, bool) {
+        let mut r = Reassembly::default();
+        let mut tries = 0;
+        let mut last = false;
+        for end in (step..text.len() + step).step_by(step) {
+            let buf = &text[..end.min(text.len())];
+            last = r.worth_parsing(buf, 65535);
+            if last {
+                tries += 1;
+                match message::parse(buf, Framing::Stream, 65535) {
+                    Err(Reject::Incomplete) => r.incomplete(buf, 65535),
+                    Ok(_) => {}
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        }
+        (tries, last)
+    }
+
+    #[test]
+    fn a_trickled_message_is_parsed_when_its_headers_end_and_when_its_body_is_complete() {
+        let long = format!(
+            "MESSAGE sip:juliet@example.com SIP/2.0\r\n\
+             Via: SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bKx\r\n\
+             From: <sip:romeo@example.net>;tag=a\r\nTo: <sip:juliet@example.com>\r\n\
+             Call-ID: c\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n\
+             Subject: {}\r\nContent-Length: 300\r\n\r\n{}",
+            "s".repeat(2000),
+            "b".repeat(300)
+        );
+        assert_eq!(feed(long.as_bytes(), 1), (2, true));
+        assert_eq!(feed(long.as_bytes(), 7), (2, true));
+        assert_eq!(feed(long.as_bytes(), long.len()), (1, true));
+        // Bare LF line ends, and an empty body: one parse, at the empty line.
+        let lf = "OPTIONS sip:juliet@example.com SIP/2.0\nVia: SIP/2.0/TCP h;branch=z9hG4bKy\n\
+                  From: <sip:r@x>;tag=a\nTo: <sip:j@y>\nCall-ID: d\nCSeq: 1 OPTIONS\n\
+                  Max-Forwards: 70\nContent-Length: 0\n\n";
+        assert_eq!(feed(lf.as_bytes(), 1), (1, true));
+    }
+
+    #[test]
+    fn headers_end_at_an_empty_line() {
+        assert!(headers_end_in(b"a\r\n\r\n"));
+        assert!(headers_end_in(b"a\n\n"));
+        assert!(headers_end_in(b"\n\r\n"));
+        assert!(!headers_end_in(b"a\r\nb\r\n"));
+        assert!(!headers_end_in(b"a\r\n\r"));
     }
 
     #[test]
