@@ -12,6 +12,16 @@ use common::*;
 
 const SECS10: Duration = Duration::from_secs(10);
 
+/// Prosody with juliet, and stox with a `tls:` listener whose certificate names localhost
+/// and 127.0.0.1; `extra` goes into `[sip]`.
+fn started(dir: &tempfile::TempDir, pki: &TestPki, extra: &str) -> (Prosody, Stox) {
+    let identity = pki.leaf(dir.path(), "stox", &["localhost", "127.0.0.1"]);
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let stox = Stox::start_tls(dir.path(), prosody.component_port, pki, &identity, extra);
+    stox.wait_online(1);
+    (prosody, stox)
+}
+
 fn tls_route(port: u16) -> String {
     format!("[sip.routes]\n\"sip.test\" = \"sip:127.0.0.1:{port};transport=tls\"\n")
 }
@@ -24,10 +34,7 @@ fn message_to_juliet(via: &str, uri: &str, body: &str) -> String {
 fn a_message_over_tls_reaches_juliet_and_the_200_comes_back_on_the_same_connection() {
     let dir = temp_dir();
     let pki = TestPki::new();
-    let identity = pki.leaf(dir.path(), "stox", &["localhost", "127.0.0.1"]);
-    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
-    let stox = Stox::start_tls(dir.path(), prosody.component_port, &pki, &identity, "");
-    stox.wait_online(1);
+    let (prosody, stox) = started(&dir, &pki, "");
     let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
 
     let mut tls = TlsSipClient::connect(stox.tls_port.unwrap(), &pki, "localhost");
@@ -56,17 +63,8 @@ fn a_message_over_tls_reaches_juliet_and_the_200_comes_back_on_the_same_connecti
 fn juliet_reaches_a_sip_user_over_tls_through_a_route() {
     let dir = temp_dir();
     let pki = TestPki::new();
-    let identity = pki.leaf(dir.path(), "stox", &["localhost", "127.0.0.1"]);
     let uas = TlsUas::spawn(&pki.leaf(dir.path(), "uas", &["127.0.0.1"]));
-    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
-    let stox = Stox::start_tls(
-        dir.path(),
-        prosody.component_port,
-        &pki,
-        &identity,
-        &tls_route(uas.port),
-    );
-    stox.wait_online(1);
+    let (prosody, _stox) = started(&dir, &pki, &tls_route(uas.port));
     let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
 
     for (i, body) in ["Art thou not Romeo?", "And a Montague?"]
@@ -111,15 +109,12 @@ fn juliet_reaches_a_sip_user_over_tls_through_a_route() {
 fn a_sips_route_goes_over_tls() {
     let dir = temp_dir();
     let pki = TestPki::new();
-    let identity = pki.leaf(dir.path(), "stox", &["localhost"]);
     let uas = TlsUas::spawn(&pki.leaf(dir.path(), "uas", &["127.0.0.1"]));
-    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
     let route = format!(
         "[sip.routes]\n\"sip.test\" = \"sips:127.0.0.1:{}\"\n",
         uas.port
     );
-    let stox = Stox::start_tls(dir.path(), prosody.component_port, &pki, &identity, &route);
-    stox.wait_online(1);
+    let (prosody, _stox) = started(&dir, &pki, &route);
     let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
     juliet.send(
         "romeo\\40sip.test@sip.localhost",
@@ -137,17 +132,8 @@ fn a_sips_route_goes_over_tls() {
 fn a_certificate_for_another_name_is_refused_and_juliet_gets_an_error() {
     let dir = temp_dir();
     let pki = TestPki::new();
-    let identity = pki.leaf(dir.path(), "stox", &["localhost", "127.0.0.1"]);
     let uas = TlsUas::spawn(&pki.leaf(dir.path(), "uas", &["wrong.example"]));
-    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
-    let stox = Stox::start_tls(
-        dir.path(),
-        prosody.component_port,
-        &pki,
-        &identity,
-        &tls_route(uas.port),
-    );
-    stox.wait_online(1);
+    let (prosody, stox) = started(&dir, &pki, &tls_route(uas.port));
     let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
 
     juliet.send(
@@ -172,10 +158,7 @@ fn a_certificate_for_another_name_is_refused_and_juliet_gets_an_error() {
 fn plaintext_sip_on_the_tls_port_is_closed_and_tls_still_works() {
     let dir = temp_dir();
     let pki = TestPki::new();
-    let identity = pki.leaf(dir.path(), "stox", &["localhost"]);
-    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
-    let stox = Stox::start_tls(dir.path(), prosody.component_port, &pki, &identity, "");
-    stox.wait_online(1);
+    let (_prosody, stox) = started(&dir, &pki, "");
     let port = stox.tls_port.unwrap();
 
     let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -216,16 +199,7 @@ fn plaintext_sip_on_the_tls_port_is_closed_and_tls_still_works() {
 fn idle_connections_are_closed_and_keepalive_pings_answered() {
     let dir = temp_dir();
     let pki = TestPki::new();
-    let identity = pki.leaf(dir.path(), "stox", &["localhost"]);
-    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
-    let stox = Stox::start_tls(
-        dir.path(),
-        prosody.component_port,
-        &pki,
-        &identity,
-        "idle_timeout_ms = 1500",
-    );
-    stox.wait_online(1);
+    let (_prosody, stox) = started(&dir, &pki, "idle_timeout_ms = 1500");
 
     let mut tls = TlsSipClient::connect(stox.tls_port.unwrap(), &pki, "localhost");
     let mut tcp = TcpStream::connect(("127.0.0.1", stox.sip_port)).unwrap();
@@ -257,16 +231,7 @@ fn idle_connections_are_closed_and_keepalive_pings_answered() {
 fn the_connection_limit_turns_away_connections_beyond_it() {
     let dir = temp_dir();
     let pki = TestPki::new();
-    let identity = pki.leaf(dir.path(), "stox", &["localhost"]);
-    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
-    let stox = Stox::start_tls(
-        dir.path(),
-        prosody.component_port,
-        &pki,
-        &identity,
-        "max_connections = 2",
-    );
-    stox.wait_online(1);
+    let (_prosody, stox) = started(&dir, &pki, "max_connections = 2");
 
     let mut first = TlsSipClient::connect(stox.tls_port.unwrap(), &pki, "localhost");
     let second = TcpStream::connect(("127.0.0.1", stox.sip_port)).unwrap();
@@ -307,16 +272,7 @@ fn the_connection_limit_turns_away_connections_beyond_it() {
 fn a_request_over_the_size_limit_gets_513_and_the_connection_closes() {
     let dir = temp_dir();
     let pki = TestPki::new();
-    let identity = pki.leaf(dir.path(), "stox", &["localhost"]);
-    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
-    let stox = Stox::start_tls(
-        dir.path(),
-        prosody.component_port,
-        &pki,
-        &identity,
-        "max_message_size = 2048",
-    );
-    stox.wait_online(1);
+    let (_prosody, stox) = started(&dir, &pki, "max_message_size = 2048");
 
     let mut tls = TlsSipClient::connect(stox.tls_port.unwrap(), &pki, "localhost");
     let local = tls.local_addr();
