@@ -114,7 +114,7 @@ impl TlsContext {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyPeerName(webpki)))
         };
-        // Presented when a peer asks for it (mutual TLS between SIP servers, RFC 5922 7.3).
+        // Presented when a peer asks for it (mutual TLS between SIP servers, RFC 5922).
         let client = builder
             .with_client_auth_cert(chain, key)
             .map_err(key_error)?;
