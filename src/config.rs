@@ -1,12 +1,13 @@
 //! Configuration: `component.toml`, read once at start.
 //!
 //! Every problem is reported as one line that names the key, e.g.
-//! `sip.listen[1]: "udp:1.2.3:5060" is not valid: expected udp:IP:PORT or tcp:IP:PORT`.
+//! `sip.listen[1]: "udp:1.2.3:5060" is not valid: expected udp:IP:PORT, tcp:IP:PORT or tls:IP:PORT`.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -19,14 +20,14 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
         ConfigError {
             key: key.into(),
             problem: problem.into(),
         }
     }
 
-    fn invalid(key: impl Into<String>, value: &str, why: impl fmt::Display) -> Self {
+    pub(crate) fn invalid(key: impl Into<String>, value: &str, why: impl fmt::Display) -> Self {
         ConfigError::new(key, format!("{value:?} is not valid: {why}"))
     }
 }
@@ -52,6 +53,7 @@ impl fmt::Debug for Secret {
 pub enum ListenTransport {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl fmt::Display for ListenTransport {
@@ -59,11 +61,12 @@ impl fmt::Display for ListenTransport {
         f.write_str(match self {
             ListenTransport::Udp => "udp",
             ListenTransport::Tcp => "tcp",
+            ListenTransport::Tls => "tls",
         })
     }
 }
 
-/// One SIP listener: `udp:IP:PORT` or `tcp:IP:PORT` (IPv6 as `tcp:[::1]:5060`).
+/// One SIP listener: `udp:IP:PORT`, `tcp:IP:PORT` or `tls:IP:PORT` (IPv6 as `tcp:[::1]:5060`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listen {
     pub transport: ListenTransport,
@@ -73,17 +76,17 @@ pub struct Listen {
 impl std::str::FromStr for Listen {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (t, addr) = s
-            .split_once(':')
-            .ok_or("expected udp:IP:PORT or tcp:IP:PORT")?;
+        const EXPECTED: &str = "expected udp:IP:PORT, tcp:IP:PORT or tls:IP:PORT";
+        let (t, addr) = s.split_once(':').ok_or(EXPECTED)?;
         let transport = match t.to_ascii_lowercase().as_str() {
             "udp" => ListenTransport::Udp,
             "tcp" => ListenTransport::Tcp,
-            other => return Err(format!("unknown transport {other:?} (udp or tcp)")),
+            "tls" => ListenTransport::Tls,
+            other => return Err(format!("unknown transport {other:?} (udp, tcp or tls)")),
         };
         let addr: SocketAddr = addr
             .parse()
-            .map_err(|_| "expected udp:IP:PORT or tcp:IP:PORT with a numeric IP".to_string())?;
+            .map_err(|_| format!("{EXPECTED} with a numeric IP"))?;
         Ok(Listen { transport, addr })
     }
 }
@@ -104,6 +107,21 @@ impl Default for Timers {
             t4_ms: 5000,
         }
     }
+}
+
+/// `[sip.tls]`: the certificate stox presents and the roots it verifies peers with.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM: the certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// PEM: the leaf's private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
+    /// PEM: the roots peers' certificates must chain to; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Whether an outbound connection's certificate must name the host it was sent to.
+    pub verify_peer_name: bool,
+    /// The files above, loaded and checked when the config was read.
+    pub context: Arc<crate::sip::tls::TlsContext>,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +154,12 @@ pub struct SipConfig {
     /// Largest SIP message accepted or sent, in bytes.
     pub max_message_size: usize,
     pub user_agent: String,
+    /// Present when `[sip.tls]` is; required by a `tls:` listener.
+    pub tls: Option<TlsConfig>,
+    /// A TCP or TLS connection without traffic either way for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// TCP and TLS connections accepted and open at once; outbound ones have as many again.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -264,6 +288,27 @@ struct RawSip {
     max_message_size: Option<usize>,
     #[serde(default)]
     user_agent: Option<String>,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
+    idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    max_connections: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: PathBuf,
+    private_key: PathBuf,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default = "default_verify_peer_name")]
+    verify_peer_name: bool,
+}
+
+fn default_verify_peer_name() -> bool {
+    true
 }
 
 #[derive(Deserialize, Default)]
@@ -527,6 +572,50 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
 
+    let idle_timeout_ms = raw.sip.idle_timeout_ms.unwrap_or(300_000);
+    if !(1_000..=86_400_000).contains(&idle_timeout_ms) {
+        return Err(ConfigError::new(
+            "sip.idle_timeout_ms",
+            "must be between 1000 and 86400000",
+        ));
+    }
+    let max_connections = raw.sip.max_connections.unwrap_or(1000);
+    if !(1..=1_000_000).contains(&max_connections) {
+        return Err(ConfigError::new(
+            "sip.max_connections",
+            "must be between 1 and 1000000",
+        ));
+    }
+    let tls = match raw.sip.tls {
+        Some(t) => {
+            let context = crate::sip::tls::TlsContext::load(
+                &t.certificate,
+                &t.private_key,
+                t.ca_file.as_deref(),
+                t.verify_peer_name,
+            )?;
+            Some(TlsConfig {
+                certificate: t.certificate,
+                private_key: t.private_key,
+                ca_file: t.ca_file,
+                verify_peer_name: t.verify_peer_name,
+                context: Arc::new(context),
+            })
+        }
+        None => {
+            if let Some(i) = listen
+                .iter()
+                .position(|l| l.transport == ListenTransport::Tls)
+            {
+                return Err(ConfigError::new(
+                    "sip.tls.certificate",
+                    format!("is missing: sip.listen[{i}] is a tls: listener, which needs [sip.tls] with a certificate and private_key"),
+                ));
+            }
+            None
+        }
+    };
+
     let mut nameservers = Vec::new();
     for (i, n) in raw.dns.nameservers.iter().enumerate() {
         let addr: SocketAddr = n.trim().parse().map_err(|_| {
@@ -558,6 +647,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             timers,
             max_message_size,
             user_agent,
+            tls,
+            idle_timeout_ms,
+            max_connections,
         },
         dns: DnsConfig { nameservers },
         presence: validate_presence(raw.presence)?,
@@ -801,6 +893,76 @@ domains = ["example.com"]
             "{MINIMAL}[sip]\nlisten = [\"udp:0.0.0.0:5060\"]\nadvertise = \"gw.example.com\"\n"
         ))
         .unwrap();
+    }
+
+    fn tls_table(dir: &Path) -> String {
+        let pki = crate::sip::tls::test_pki::Pki::new("stox test CA");
+        let leaf = pki.leaf(dir, "leaf", &["localhost", "127.0.0.1"]);
+        let ca = pki.write_ca(dir);
+        format!(
+            "[sip.tls]\ncertificate = {:?}\nprivate_key = {:?}\nca_file = {:?}\n",
+            leaf.cert, leaf.key, ca
+        )
+    }
+
+    #[test]
+    fn a_tls_listener_takes_its_certificate_from_sip_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::parse(&format!(
+            "{MINIMAL}[sip]\nlisten = [\"tls:127.0.0.1:5061\", \"tcp:[::1]:5060\"]\n{}",
+            tls_table(dir.path())
+        ))
+        .unwrap();
+        assert_eq!(c.sip.listen[0].transport, ListenTransport::Tls);
+        let tls = c.sip.tls.unwrap();
+        assert!(tls.verify_peer_name);
+        assert!(tls.ca_file.is_some());
+        assert_eq!(c.sip.idle_timeout_ms, 300_000);
+        assert_eq!(c.sip.max_connections, 1000);
+    }
+
+    #[test]
+    fn a_tls_listener_without_a_certificate_names_sip_tls_certificate() {
+        let e = err(&format!(
+            "{MINIMAL}[sip]\nlisten = [\"udp:127.0.0.1:5060\", \"tls:127.0.0.1:5061\"]\n"
+        ));
+        assert!(e.starts_with("sip.tls.certificate: is missing"), "{e}");
+        assert!(e.contains("sip.listen[1]"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}[sip.tls]\nprivate_key = \"/etc/stox/key.pem\"\n"
+        ));
+        assert_eq!(e, "sip.tls.certificate: is missing");
+        let e = err(&format!(
+            "{MINIMAL}[sip.tls]\ncertificate = \"/c\"\nprivate_key = \"/k\"\nca = \"/x\"\n"
+        ));
+        assert!(e.starts_with("sip.tls.ca: is not a known key"), "{e}");
+    }
+
+    #[test]
+    fn an_unreadable_certificate_names_the_key_and_the_path() {
+        let e = err(&format!(
+            "{MINIMAL}[sip.tls]\ncertificate = \"/nonexistent/cert.pem\"\nprivate_key = \"/nonexistent/key.pem\"\n"
+        ));
+        assert!(
+            e.starts_with(
+                "sip.tls.certificate: \"/nonexistent/cert.pem\" is not valid: cannot read it"
+            ),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn connection_limits_are_checked() {
+        let c = Config::parse(&format!(
+            "{MINIMAL}[sip]\nidle_timeout_ms = 5000\nmax_connections = 10\n"
+        ))
+        .unwrap();
+        assert_eq!((c.sip.idle_timeout_ms, c.sip.max_connections), (5000, 10));
+        let e = err(&format!("{MINIMAL}[sip]\nidle_timeout_ms = 10\n"));
+        assert!(e.starts_with("sip.idle_timeout_ms: "), "{e}");
+        let e = err(&format!("{MINIMAL}[sip]\nmax_connections = 0\n"));
+        assert!(e.starts_with("sip.max_connections: "), "{e}");
     }
 
     #[test]

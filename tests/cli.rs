@@ -93,3 +93,24 @@ fn an_unreadable_file_is_one_line() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("/nonexistent/stox.toml"), "{err}");
 }
+
+#[test]
+fn tls_config_errors_name_the_key_and_the_file_in_one_line() {
+    assert_one_line_error(
+        &GOOD.replace("udp:127.0.0.1:5060", "tls:127.0.0.1:5061"),
+        "sip.tls.certificate",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    let with_tls = |cert: &std::path::Path| {
+        format!(
+            "{}[sip.tls]\ncertificate = {:?}\nprivate_key = {:?}\n",
+            GOOD.replace("udp:127.0.0.1:5060", "tls:127.0.0.1:5061"),
+            cert,
+            dir.path().join("key.pem")
+        )
+    };
+    assert_one_line_error(&with_tls(&garbage), "garbage.pem");
+    assert_one_line_error(&with_tls(&dir.path().join("missing.pem")), "missing.pem");
+}

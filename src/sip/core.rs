@@ -63,6 +63,9 @@ pub struct Transmit {
     pub bytes: Bytes,
     /// The client transaction this carries, so a failure to connect can be reported.
     pub client: Option<u64>,
+    /// The target's host name (`Target::server_name`), for the certificate check of a new
+    /// TLS connection; `None` for responses, which only go back on their connection.
+    pub server_name: Option<String>,
 }
 
 /// Identifies a server transaction to the transaction user.
@@ -602,15 +605,12 @@ impl SipCore {
         };
         let branch = top_branch(&cancel).unwrap_or_default();
         // Its responses are the core's own: token 0 reaches no TU.
-        self.start_client(
-            now,
-            cancel,
-            branch,
-            bytes,
-            transmit.to,
-            transmit.transport,
-            0,
-        );
+        let target = Target {
+            transport: transmit.transport,
+            addr: transmit.to,
+            server_name: transmit.server_name.unwrap_or_default(),
+        };
+        self.start_client(now, cancel, branch, bytes, target, 0);
     }
 
     /// Sends a request outside any transaction (the ACK for a 2xx, RFC 3261 13.2.2.4):
@@ -630,6 +630,7 @@ impl SipCore {
             from,
             bytes: Bytes::from(message::to_bytes(&mut msg)),
             client: None,
+            server_name: Some(target.server_name),
         });
         true
     }
@@ -739,30 +740,21 @@ impl SipCore {
             }
             break;
         }
-        self.start_client(
-            now,
-            request,
-            branch,
-            Bytes::from(bytes),
-            target.addr,
-            target.transport,
-            token,
-        );
+        self.start_client(now, request, branch, Bytes::from(bytes), target, token);
         true
     }
 
     /// Opens the client transaction of a request that already carries its Via.
-    #[allow(clippy::too_many_arguments)]
     fn start_client(
         &mut self,
         now: Instant,
         request: Request,
         branch: String,
         bytes: Bytes,
-        to: SocketAddr,
-        transport: Transport,
+        target: Target,
         token: u64,
     ) {
+        let (to, transport) = (target.addr, target.transport);
         let from = self.local_for(transport, to).map(|l| l.addr);
         let id = self.id();
         let transmit = Transmit {
@@ -772,6 +764,7 @@ impl SipCore {
             from,
             bytes,
             client: Some(id),
+            server_name: Some(target.server_name),
         };
         let key = ClientKey {
             branch,
@@ -1101,6 +1094,7 @@ fn reply_route(echo: &Echo, source: &Source) -> Option<Transmit> {
             from: Some(source.local),
             bytes: Bytes::new(),
             client: None,
+            server_name: None,
         });
     }
     let top = echo.top_via()?;
@@ -1130,6 +1124,7 @@ fn route_from_via(top: &typed::Via, source: &Source) -> Transmit {
         from: Some(source.local),
         bytes: Bytes::new(),
         client: None,
+        server_name: None,
     }
 }
 

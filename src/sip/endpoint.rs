@@ -2,9 +2,15 @@
 //! the interworking layer uses.
 //!
 //! One task owns the [`SipCore`]: every socket task feeds it parsed messages over one
-//! channel, and it writes UDP datagrams itself and TCP bytes through each connection's
+//! channel, and it writes UDP datagrams itself and TCP/TLS bytes through each connection's
 //! writer channel. The transaction user gets requests as [`IncomingRequest`]s and sends
 //! requests with [`SipHandle::send`].
+//!
+//! TCP and TLS connections run the same code ([`run_conn`], generic over the stream):
+//! Content-Length framing, CRLF keep-alive pongs (RFC 5626 4.4.1), an idle timeout, and
+//! one slot each of `sip.max_connections`. A TLS connection is a TCP one after a rustls
+//! handshake; an outbound one checks the certificate against the target's host name and
+//! is reused only for requests to the same address and name.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,10 +20,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rsipstack::sip::{Header, Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::core::{ConnId, Event, Failure, Local, ServerTxId, SipCore, Source, Transmit};
 use super::locate::{Destination, LocateError, Locator, Target, Transport};
@@ -26,8 +33,12 @@ use super::transaction::Timers;
 use super::NextHop;
 use crate::config::{Config, ListenTransport};
 
-/// How long an idle TCP connection is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a TCP connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake may take, either way.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most one warning this often that the connection limit turned connections away.
+const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// Requests waiting for the transaction user; beyond this, new ones get 503.
 const TU_QUEUE: usize = 8192;
 
@@ -55,6 +66,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Locate(#[from] LocateError),
+    #[error("sip.tls: a tls: listener ({0}) needs [sip.tls]")]
+    NoTls(SocketAddr),
 }
 
 /// A request for the transaction user. Answer it with [`Responder::respond`]; a responder
@@ -136,7 +149,7 @@ enum Input {
     },
     ConnOpened {
         id: ConnId,
-        remote: SocketAddr,
+        key: ConnKey,
         writer: mpsc::Sender<(Bytes, Option<u64>)>,
     },
     ConnClosed {
@@ -329,7 +342,11 @@ impl SipHandle {
         destination: Destination,
     ) -> Result<Response, SipError> {
         self.add_user_agent(&mut request);
-        let targets = self.inner.locator.locate(&destination).await?;
+        let mut targets = self.inner.locator.locate(&destination).await?;
+        if destination.secure {
+            // RFC 5630 4.1: a sips: next hop is reached over TLS, never in the clear.
+            targets.retain(|t| t.transport == Transport::Tls);
+        }
         let mut last = Err(SipError::Locate(LocateError::NoRecords {
             host: destination.host.clone(),
         }));
@@ -370,6 +387,12 @@ pub async fn start(
     let (tu_tx, tu_rx) = mpsc::channel::<IncomingRequest>(TU_QUEUE);
     let conn_ids = Arc::new(AtomicU64::new(1));
     let max = config.sip.max_message_size;
+    let limits = StreamLimits {
+        max,
+        idle: Duration::from_millis(config.sip.idle_timeout_ms),
+        slots: Arc::new(Semaphore::new(config.sip.max_connections)),
+    };
+    let tls = config.sip.tls.as_ref().map(|t| t.context.clone());
     let mut locals = Vec::new();
     let mut udp_sockets: Vec<(SocketAddr, Arc<UdpSocket>)> = Vec::new();
     for l in &config.sip.listen {
@@ -387,17 +410,30 @@ pub async fn start(
                 tokio::spawn(udp_reader(sock, addr, max, tx.clone()));
                 (Transport::Udp, addr)
             }
-            ListenTransport::Tcp => {
+            ListenTransport::Tcp | ListenTransport::Tls => {
+                let acceptor = match l.transport {
+                    ListenTransport::Tls => match &tls {
+                        Some(t) => Some(t.acceptor()),
+                        None => return Err(StartError::NoTls(l.addr)),
+                    },
+                    _ => None,
+                };
                 let listener = TcpListener::bind(l.addr).await.map_err(bind_err)?;
                 let addr = listener.local_addr().map_err(bind_err)?;
-                tokio::spawn(tcp_acceptor(
+                let transport = if acceptor.is_some() {
+                    Transport::Tls
+                } else {
+                    Transport::Tcp
+                };
+                tokio::spawn(stream_acceptor(
                     listener,
                     addr,
-                    max,
+                    acceptor,
+                    limits.clone(),
                     tx.clone(),
                     conn_ids.clone(),
                 ));
-                (Transport::Tcp, addr)
+                (transport, addr)
             }
         };
         let sent_by = match &config.sip.advertise {
@@ -433,13 +469,20 @@ pub async fn start(
         core,
         udp: udp_sockets,
         conns: HashMap::new(),
-        conn_by_remote: HashMap::new(),
+        conn_by_key: HashMap::new(),
         conn_ids,
         pending: HashMap::new(),
         tu: tu_tx,
         tx: tx.clone(),
         cmd_tx: cmd_tx.clone(),
-        max,
+        connector: tls.map(|t| t.connector()),
+        // Outbound connections have slots of their own: peers connecting in cannot use
+        // them all up and leave stox unable to send.
+        limits: StreamLimits {
+            slots: Arc::new(Semaphore::new(config.sip.max_connections)),
+            ..limits
+        },
+        limit_warned: None,
     };
     tokio::spawn(driver.run(rx, cmd_rx));
     Ok((
@@ -459,8 +502,43 @@ pub async fn start(
     ))
 }
 
-struct Conn {
+/// Which requests may reuse a stream connection: same transport and peer address, and for
+/// TLS the same host name the peer's certificate was verified for (a connection accepted
+/// from a peer has none, so it carries only the responses to its own requests and
+/// requests to exactly that address over TCP).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ConnKey {
+    transport: Transport,
     remote: SocketAddr,
+    server_name: Option<String>,
+}
+
+impl ConnKey {
+    fn new(transport: Transport, remote: SocketAddr, server_name: Option<&str>) -> ConnKey {
+        ConnKey {
+            transport,
+            remote,
+            server_name: match transport {
+                Transport::Tls => server_name.map(|n| n.to_ascii_lowercase()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// What TCP and TLS connections share: the limits, and the slots of `sip.max_connections`
+/// (one set for accepted connections, one for outbound ones).
+#[derive(Clone)]
+struct StreamLimits {
+    /// `sip.max_message_size`.
+    max: usize,
+    /// `sip.idle_timeout_ms`.
+    idle: Duration,
+    slots: Arc<Semaphore>,
+}
+
+struct Conn {
+    key: ConnKey,
     writer: mpsc::Sender<(Bytes, Option<u64>)>,
 }
 
@@ -468,13 +546,16 @@ struct Driver {
     core: SipCore,
     udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
     conns: HashMap<ConnId, Conn>,
-    conn_by_remote: HashMap<SocketAddr, ConnId>,
+    conn_by_key: HashMap<ConnKey, ConnId>,
     conn_ids: Arc<AtomicU64>,
     pending: HashMap<u64, Pending>,
     tu: mpsc::Sender<IncomingRequest>,
     tx: mpsc::Sender<Input>,
     cmd_tx: mpsc::UnboundedSender<Input>,
-    max: usize,
+    /// Outbound TLS, when `[sip.tls]` is configured.
+    connector: Option<TlsConnector>,
+    limits: StreamLimits,
+    limit_warned: Option<Instant>,
 }
 
 impl Driver {
@@ -534,14 +615,14 @@ impl Driver {
                 }
                 self.core.handle_reject(&reject, source)
             }
-            Input::ConnOpened { id, remote, writer } => {
-                self.conn_by_remote.insert(remote, id);
-                self.conns.insert(id, Conn { remote, writer });
+            Input::ConnOpened { id, key, writer } => {
+                self.conn_by_key.insert(key.clone(), id);
+                self.conns.insert(id, Conn { key, writer });
             }
             Input::ConnClosed { id } => {
                 if let Some(c) = self.conns.remove(&id) {
-                    if self.conn_by_remote.get(&c.remote) == Some(&id) {
-                        self.conn_by_remote.remove(&c.remote);
+                    if self.conn_by_key.get(&c.key) == Some(&id) {
+                        self.conn_by_key.remove(&c.key);
                     }
                 }
             }
@@ -695,66 +776,123 @@ impl Driver {
                     }
                 }
             }
-            Transport::Tcp | Transport::Tls => {
-                if let Some(c) = t.conn {
-                    if !self.conns.contains_key(&c) && t.client.is_none() {
-                        // The peer closed the connection its request came on; a reply
-                        // cannot reach its ephemeral port any other way.
-                        tracing::debug!(to = %t.to, "Reply for a closed TCP connection dropped.");
-                        return;
-                    }
-                }
-                let conn = t
-                    .conn
-                    .filter(|c| self.conns.contains_key(c))
-                    .or_else(|| self.conn_by_remote.get(&t.to).copied());
-                let conn = match conn {
-                    Some(c) => c,
-                    None => {
-                        if t.transport == Transport::Tls {
-                            if let Some(c) = t.client {
-                                self.core.handle_transport_error(c);
-                            }
-                            return;
-                        }
-                        self.connect(t.to)
-                    }
-                };
-                let Some(c) = self.conns.get(&conn) else {
-                    return;
-                };
-                if c.writer.try_send((t.bytes, t.client)).is_err() {
-                    tracing::debug!(to = %t.to, "TCP connection is backed up or closed.");
-                    if let Some(client) = t.client {
-                        self.core.handle_transport_error(client);
-                    }
-                }
+            Transport::Tcp | Transport::Tls => self.transmit_stream(t),
+        }
+    }
+
+    /// On the connection the message belongs to (a response: the one its request came on),
+    /// else on an open one to the same peer, else on a new one.
+    fn transmit_stream(&mut self, t: Transmit) {
+        let conn = match t.conn {
+            Some(c) if self.conns.contains_key(&c) => Some(c),
+            Some(_) if t.client.is_none() => {
+                // The peer closed the connection its request came on; a reply cannot reach
+                // its ephemeral port any other way.
+                tracing::debug!(to = %t.to, transport = t.transport.via_name(), "Reply for a closed connection dropped.");
+                return;
+            }
+            _ => None,
+        };
+        let key = ConnKey::new(t.transport, t.to, t.server_name.as_deref());
+        let conn = conn
+            .or_else(|| self.conn_by_key.get(&key).copied())
+            .or_else(|| self.connect(key));
+        let Some(c) = conn.and_then(|c| self.conns.get(&c)) else {
+            if let Some(client) = t.client {
+                self.core.handle_transport_error(client);
+            }
+            return;
+        };
+        if c.writer.try_send((t.bytes, t.client)).is_err() {
+            tracing::debug!(to = %t.to, "Connection is backed up or closed.");
+            if let Some(client) = t.client {
+                self.core.handle_transport_error(client);
             }
         }
     }
 
-    /// Opens an outbound TCP connection; writes queue until it is up.
-    fn connect(&mut self, remote: SocketAddr) -> ConnId {
+    /// Opens an outbound TCP or TLS connection; writes queue until it is up. `None` when it
+    /// cannot be tried at all (connection limit, no TLS config, no usable server name).
+    fn connect(&mut self, key: ConnKey) -> Option<ConnId> {
+        let remote = key.remote;
+        let tls = match key.transport {
+            Transport::Tls => {
+                let name = key.server_name.as_deref().and_then(super::tls::server_name);
+                match (self.connector.clone(), name) {
+                    (Some(c), Some(n)) => Some((c, n)),
+                    (None, _) => {
+                        tracing::info!(%remote, "Cannot connect over TLS: no [sip.tls] configured.");
+                        return None;
+                    }
+                    (_, None) => {
+                        tracing::info!(%remote, name = ?key.server_name, "Cannot connect over TLS: the target has no usable host name.");
+                        return None;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let Ok(permit) = self.limits.slots.clone().try_acquire_owned() else {
+            warn_limit(&mut self.limit_warned, &remote);
+            return None;
+        };
         let id = ConnId(self.conn_ids.fetch_add(1, Ordering::Relaxed));
         let (writer, writes) = mpsc::channel(1024);
-        self.conns.insert(id, Conn { remote, writer });
-        self.conn_by_remote.insert(remote, id);
+        self.conn_by_key.insert(key.clone(), id);
+        self.conns.insert(id, Conn { key, writer });
         let tx = self.tx.clone();
-        let max = self.max;
+        let limits = self.limits.clone();
+        let transport = if tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        };
         tokio::spawn(async move {
-            let connected =
-                tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(remote)).await;
-            match connected {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let local = stream.local_addr().unwrap_or(remote);
-                    run_conn(stream, id, remote, local, writes, tx, max).await
+            let stream =
+                match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return fail_conn(id, remote, &e.to_string(), writes, tx).await,
+                    Err(_) => return fail_conn(id, remote, "connect timed out", writes, tx).await,
+                };
+            let _ = stream.set_nodelay(true);
+            let ctx = ConnCtx {
+                id,
+                transport,
+                remote,
+                local: stream.local_addr().unwrap_or(remote),
+                limits,
+                _slot: permit,
+            };
+            let Some((connector, name)) = tls else {
+                return run_conn(stream, ctx, writes, tx).await;
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream)).await {
+                Ok(Ok(stream)) => run_conn(stream, ctx, writes, tx).await,
+                Ok(Err(e)) => {
+                    fail_conn(
+                        id,
+                        remote,
+                        &format!("TLS handshake failed: {e}"),
+                        writes,
+                        tx,
+                    )
+                    .await
                 }
-                Ok(Err(e)) => fail_conn(id, remote, &e.to_string(), writes, tx).await,
-                Err(_) => fail_conn(id, remote, "connect timed out", writes, tx).await,
+                Err(_) => fail_conn(id, remote, "TLS handshake timed out", writes, tx).await,
             }
         });
-        id
+        Some(id)
+    }
+}
+
+/// Logs that the connection limit turned a connection away, at most every few seconds.
+fn warn_limit(last: &mut Option<Instant>, remote: &SocketAddr) {
+    let now = Instant::now();
+    if last.is_none_or(|t| now.duration_since(t) >= LIMIT_WARNING_EVERY) {
+        *last = Some(now);
+        tracing::warn!(%remote, "sip.max_connections reached: connection refused (further refusals are logged at debug for a while).");
+    } else {
+        tracing::debug!(%remote, "sip.max_connections reached: connection refused.");
     }
 }
 
@@ -782,7 +920,7 @@ async fn fail_conn(
     mut writes: mpsc::Receiver<(Bytes, Option<u64>)>,
     tx: mpsc::Sender<Input>,
 ) {
-    tracing::info!(%remote, %why, "TCP connect failed.");
+    tracing::info!(%remote, %why, "Outbound connection failed.");
     let _ = tx.send(Input::ConnClosed { id }).await;
     writes.close();
     while let Some((_, client)) = writes.recv().await {
@@ -849,71 +987,190 @@ async fn udp_reader(sock: Arc<UdpSocket>, local: SocketAddr, max: usize, tx: mps
     }
 }
 
-async fn tcp_acceptor(
+/// Accepts TCP connections, with a TLS handshake first when `tls` is set.
+async fn stream_acceptor(
     listener: TcpListener,
     local: SocketAddr,
-    max: usize,
+    tls: Option<TlsAcceptor>,
+    limits: StreamLimits,
     tx: mpsc::Sender<Input>,
     ids: Arc<AtomicU64>,
 ) {
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    let mut limit_warned = None;
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(error = %e, "TCP accept failed.");
+                // EMFILE and the like: back off instead of spinning.
+                tracing::warn!(error = %e, transport = transport.via_name(), "Accept failed.");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let Ok(slot) = limits.slots.clone().try_acquire_owned() else {
+            warn_limit(&mut limit_warned, &remote);
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let id = ConnId(ids.fetch_add(1, Ordering::Relaxed));
-        let (writer, writes) = mpsc::channel(1024);
-        if tx
-            .send(Input::ConnOpened { id, remote, writer })
-            .await
-            .is_err()
-        {
-            return;
-        }
-        tokio::spawn(run_conn(stream, id, remote, local, writes, tx.clone(), max));
+        let ctx = ConnCtx {
+            id: ConnId(ids.fetch_add(1, Ordering::Relaxed)),
+            transport,
+            remote,
+            local,
+            limits: limits.clone(),
+            _slot: slot,
+        };
+        let tx = tx.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let (writer, writes) = mpsc::channel(1024);
+            let opened = Input::ConnOpened {
+                id: ctx.id,
+                key: ConnKey::new(transport, remote, None),
+                writer,
+            };
+            match tls {
+                None => {
+                    if tx.send(opened).await.is_ok() {
+                        run_conn(stream, ctx, writes, tx).await;
+                    }
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            if tx.send(opened).await.is_ok() {
+                                run_conn(stream, ctx, writes, tx).await;
+                            }
+                        }
+                        // Port scanners, plaintext SIP on the TLS port, bad certificates:
+                        // nothing to answer, nothing for the operator to do.
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed; connection closed.")
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake timed out; connection closed.")
+                        }
+                    }
+                }
+            }
+        });
     }
 }
 
-/// One TCP connection: frames what it reads by Content-Length, writes what it is given.
-async fn run_conn(
-    stream: TcpStream,
+/// When a stream buffer is worth framing again after [`Reject::Incomplete`]: once the new
+/// bytes may end the headers, or once the body can be complete. A message trickled in a
+/// byte per read then costs linear work, not a full parse per byte.
+#[derive(Debug, Default)]
+struct Reassembly {
+    /// How far the buffer has been searched for the end of the headers.
+    scanned: usize,
+    /// The message's whole length, once its headers are in.
+    want: Option<usize>,
+}
+
+impl Reassembly {
+    fn worth_parsing(&mut self, buf: &[u8], max: usize) -> bool {
+        if let Some(want) = self.want {
+            return buf.len() >= want;
+        }
+        if buf.len() > max {
+            return true; // parse rejects it
+        }
+        // The headers end at an empty line (as `message::parse` lexes it: LF, or CR LF).
+        let from = self.scanned.saturating_sub(2);
+        let ended = headers_end_in(&buf[from..]);
+        self.scanned = buf.len();
+        ended
+    }
+
+    fn incomplete(&mut self, buf: &[u8], max: usize) {
+        // Headers in: wait for the rest of the body. Otherwise keep scanning new bytes.
+        self.want = message::stream_frame_len(buf, max).map(|n| n.max(buf.len() + 1));
+    }
+}
+
+/// Whether `bytes` hold an empty line after a line end: "\n\n" or "\n\r\n".
+fn headers_end_in(bytes: &[u8]) -> bool {
+    bytes.windows(2).enumerate().any(|(i, w)| {
+        w[0] == b'\n' && (w[1] == b'\n' || (w[1] == b'\r' && bytes.get(i + 2) == Some(&b'\n')))
+    })
+}
+
+/// One stream connection: who it is and the slot it holds until it ends.
+struct ConnCtx {
     id: ConnId,
+    transport: Transport,
     remote: SocketAddr,
     local: SocketAddr,
+    limits: StreamLimits,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// One TCP or TLS connection: frames what it reads by Content-Length, writes what it is
+/// given, answers CRLF pings, and closes after `sip.idle_timeout_ms` without traffic.
+async fn run_conn<S>(
+    stream: S,
+    ctx: ConnCtx,
     mut writes: mpsc::Receiver<(Bytes, Option<u64>)>,
     tx: mpsc::Sender<Input>,
-    max: usize,
-) {
-    let (mut rd, mut wr) = stream.into_split();
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let ConnCtx {
+        id,
+        transport,
+        remote,
+        local,
+        limits,
+        _slot,
+    } = ctx;
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let source = Source {
-        transport: Transport::Tcp,
+        transport,
         remote,
         local,
         conn: Some(id),
     };
+    // Traffic either way keeps the connection: the time of the last read or write.
+    let epoch = Instant::now();
+    let activity = Arc::new(AtomicU64::new(0));
+    let touch = move |a: &AtomicU64| a.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let writer_activity = activity.clone();
     let writer_tx = tx.clone();
     let (pong_tx, mut pong_rx) = mpsc::channel::<()>(4);
     let writer = tokio::spawn(async move {
+        let mut pongs = true;
         loop {
             tokio::select! {
                 w = writes.recv() => {
                     let Some((bytes, client)) = w else { break };
-                    if wr.write_all(&bytes).await.is_err() {
+                    if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
                         if let Some(client) = client {
                             let _ = writer_tx.send(Input::TransportError { client }).await;
                         }
                         break;
                     }
                 }
-                p = pong_rx.recv() => {
-                    if p.is_none() || wr.write_all(b"\r\n").await.is_err() { break; }
+                p = pong_rx.recv(), if pongs => {
+                    // The reader has ended: keep writing until the driver drops its sender,
+                    // so that answers it queued (a 400 or 513 for what broke the framing)
+                    // still go out.
+                    if p.is_none() {
+                        pongs = false;
+                        continue;
+                    }
+                    if wr.write_all(b"\r\n").await.is_err() || wr.flush().await.is_err() {
+                        break;
+                    }
                 }
             }
+            touch(&writer_activity);
         }
         // Anything still queued cannot go out: fail its transactions now.
         writes.close();
@@ -925,17 +1182,28 @@ async fn run_conn(
         let _ = wr.shutdown().await;
     });
 
+    let kind = transport.via_name();
     let mut buf = BytesMut::with_capacity(8192);
+    let mut pending = Reassembly::default();
     'read: loop {
-        let n = match tokio::time::timeout(IDLE_TIMEOUT, rd.read_buf(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => n,
-            Err(_) => {
-                tracing::debug!(%remote, "Closing an idle TCP connection.");
-                break;
+        let idle_since = epoch + Duration::from_millis(activity.load(Ordering::Relaxed));
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) => break,
+                Ok(_) => touch(&activity),
+                Err(e) => {
+                    tracing::debug!(%remote, transport = kind, error = %e, "Connection read failed.");
+                    break;
+                }
+            },
+            _ = tokio::time::sleep_until(idle_since + limits.idle) => {
+                if idle_since == epoch + Duration::from_millis(activity.load(Ordering::Relaxed)) {
+                    tracing::debug!(%remote, transport = kind, "Closing an idle connection.");
+                    break;
+                }
+                continue; // written to meanwhile
             }
-        };
-        let _ = n;
+        }
         loop {
             let skip = message::leading_crlf(&buf);
             if skip > 0 {
@@ -944,13 +1212,15 @@ async fn run_conn(
                     let _ = pong_tx.try_send(());
                 }
                 let _ = buf.split_to(skip);
+                pending = Reassembly::default();
             }
-            if buf.is_empty() {
+            if buf.is_empty() || !pending.worth_parsing(&buf, limits.max) {
                 break;
             }
-            match message::parse(&buf, Framing::Stream, max) {
+            match message::parse(&buf, Framing::Stream, limits.max) {
                 Ok(p) => {
                     let _ = buf.split_to(p.len);
+                    pending = Reassembly::default();
                     if tx
                         .send(Input::Message {
                             message: p.message,
@@ -962,19 +1232,43 @@ async fn run_conn(
                         break 'read;
                     }
                 }
-                Err(Reject::Incomplete) => break,
+                Err(Reject::Incomplete) => {
+                    pending.incomplete(&buf, limits.max);
+                    break;
+                }
                 Err(reject) => {
                     let len = match &reject {
                         Reject::Answer { len, .. } | Reject::Drop { len, .. } => *len,
                         Reject::Incomplete => None,
                     };
-                    let _ = tx.send(Input::Reject { reject, source }).await;
-                    match len {
+                    let framed = match len {
                         Some(len) if len <= buf.len() => {
                             let _ = buf.split_to(len);
+                            pending = Reassembly::default();
+                            true
                         }
-                        // Framing is lost: the stream cannot be read any further.
-                        _ => break 'read,
+                        _ => false,
+                    };
+                    if !framed {
+                        // Framing is lost: the stream cannot be read any further. A request
+                        // over the size limit is the operator's business (513 answered);
+                        // garbage is not.
+                        match &reject {
+                            Reject::Answer { status: 513, .. } => {
+                                tracing::info!(%remote, transport = kind, limit = limits.max, "Request over sip.max_message_size: answered 513, closing the connection.")
+                            }
+                            Reject::Answer { status, reason, .. } => {
+                                tracing::debug!(%remote, transport = kind, %status, %reason, "Unframeable request answered; closing the connection.")
+                            }
+                            Reject::Drop { why, .. } => {
+                                tracing::debug!(%remote, transport = kind, %why, "Unframeable bytes; closing the connection.")
+                            }
+                            Reject::Incomplete => {}
+                        }
+                    }
+                    let _ = tx.send(Input::Reject { reject, source }).await;
+                    if !framed {
+                        break 'read;
                     }
                 }
             }
@@ -984,4 +1278,99 @@ async fn run_conn(
     let _ = tx.send(Input::ConnClosed { id }).await;
     // Let queued answers (e.g. a 400 for what broke the framing) go out before closing.
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_connections_are_reused_only_for_the_name_they_were_verified_for() {
+        let addr: SocketAddr = "192.0.2.1:5061".parse().unwrap();
+        let a = ConnKey::new(Transport::Tls, addr, Some("Proxy.Example.NET"));
+        assert_eq!(
+            a,
+            ConnKey::new(Transport::Tls, addr, Some("proxy.example.net"))
+        );
+        assert_ne!(
+            a,
+            ConnKey::new(Transport::Tls, addr, Some("other.example.net"))
+        );
+        // An accepted connection carries no verified name.
+        assert_ne!(a, ConnKey::new(Transport::Tls, addr, None));
+        assert_ne!(
+            a,
+            ConnKey::new(Transport::Tcp, addr, Some("proxy.example.net"))
+        );
+        // TCP reuse is by address alone.
+        assert_eq!(
+            ConnKey::new(Transport::Tcp, addr, Some("a.example")),
+            ConnKey::new(Transport::Tcp, addr, None)
+        );
+    }
+
+    /// Feeds `text` in pieces of `step` bytes; returns how often it was worth parsing and
+    /// whether the last piece was.
+    fn feed(text: &[u8], step: usize) -> (usize, bool) {
+        let mut r = Reassembly::default();
+        let mut tries = 0;
+        let mut last = false;
+        for end in (step..text.len() + step).step_by(step) {
+            let buf = &text[..end.min(text.len())];
+            last = r.worth_parsing(buf, 65535);
+            if last {
+                tries += 1;
+                match message::parse(buf, Framing::Stream, 65535) {
+                    Err(Reject::Incomplete) => r.incomplete(buf, 65535),
+                    Ok(_) => {}
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        }
+        (tries, last)
+    }
+
+    #[test]
+    fn a_trickled_message_is_parsed_when_its_headers_end_and_when_its_body_is_complete() {
+        let long = format!(
+            "MESSAGE sip:juliet@example.com SIP/2.0\r\n\
+             Via: SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bKx\r\n\
+             From: <sip:romeo@example.net>;tag=a\r\nTo: <sip:juliet@example.com>\r\n\
+             Call-ID: c\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n\
+             Subject: {}\r\nContent-Length: 300\r\n\r\n{}",
+            "s".repeat(2000),
+            "b".repeat(300)
+        );
+        assert_eq!(feed(long.as_bytes(), 1), (2, true));
+        assert_eq!(feed(long.as_bytes(), 7), (2, true));
+        assert_eq!(feed(long.as_bytes(), long.len()), (1, true));
+        // Bare LF line ends, and an empty body: one parse, at the empty line.
+        let lf = "OPTIONS sip:juliet@example.com SIP/2.0\nVia: SIP/2.0/TCP h;branch=z9hG4bKy\n\
+                  From: <sip:r@x>;tag=a\nTo: <sip:j@y>\nCall-ID: d\nCSeq: 1 OPTIONS\n\
+                  Max-Forwards: 70\nContent-Length: 0\n\n";
+        assert_eq!(feed(lf.as_bytes(), 1), (1, true));
+    }
+
+    #[test]
+    fn headers_end_at_an_empty_line() {
+        assert!(headers_end_in(b"a\r\n\r\n"));
+        assert!(headers_end_in(b"a\n\n"));
+        assert!(headers_end_in(b"\n\r\n"));
+        assert!(!headers_end_in(b"a\r\nb\r\n"));
+        assert!(!headers_end_in(b"a\r\n\r"));
+    }
+
+    #[test]
+    fn sent_by_gets_the_listener_port_when_advertise_has_none() {
+        assert_eq!(
+            sent_by_with_port("gw.example.com", 5061),
+            "gw.example.com:5061"
+        );
+        assert_eq!(
+            sent_by_with_port("gw.example.com:5071", 5061),
+            "gw.example.com:5071"
+        );
+        assert_eq!(sent_by_with_port("::1", 5061), "[::1]:5061");
+        assert_eq!(sent_by_with_port("[::1]:5071", 5061), "[::1]:5071");
+    }
 }

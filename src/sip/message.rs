@@ -254,6 +254,20 @@ fn echo_of(headers: &[(&str, Cow<'_, str>)]) -> Echo {
     echo
 }
 
+/// For a stream buffer that `parse` found `Incomplete`: the length the whole message will
+/// have once its headers are in (head plus Content-Length), so a reader can wait for that
+/// many bytes instead of parsing again on every read. `None` while the headers are not
+/// complete, or when they give no usable length (then `parse` decides).
+pub fn stream_frame_len(buf: &[u8], max: usize) -> Option<usize> {
+    let lexed = lex_head(buf, max).ok()?;
+    let (_, value) = lexed
+        .headers
+        .iter()
+        .find(|(name, _)| is_name(name, "Content-Length", Some("l")))?;
+    let n = value.trim().parse::<usize>().ok()?;
+    lexed.body_start.checked_add(n)
+}
+
 /// Frames and validates one message from `buf`.
 ///
 /// `max` bounds the whole message; a larger request is answered 513.
@@ -816,6 +830,23 @@ mod tests {
         assert_eq!(
             answer(parse(text.as_bytes(), Framing::Datagram, MAX)).0,
             416
+        );
+    }
+
+    #[test]
+    fn the_frame_length_is_known_once_the_headers_are_in() {
+        let text = "MESSAGE sip:juliet@example.com SIP/2.0\r\nl: 5\r\n\r\nhel";
+        assert_eq!(
+            stream_frame_len(text.as_bytes(), 65535),
+            Some(text.len() + 2)
+        );
+        assert_eq!(
+            stream_frame_len(b"MESSAGE sip:juliet@example.com SIP/2.0\r\nl: 5\r\n", 65535),
+            None
+        );
+        assert_eq!(
+            stream_frame_len(b"MESSAGE sip:j@x SIP/2.0\r\n\r\n", 65535),
+            None
         );
     }
 

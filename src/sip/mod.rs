@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod locate;
 pub mod message;
 pub mod subscription;
+pub mod tls;
 pub mod transaction;
 
 pub use rsipstack::sip::{Method, Request, Response, SipMessage};

@@ -1,5 +1,6 @@
 //! Real peers for stox's interop tests, each started on loopback in a temp dir:
-//! Prosody, ejabberd, SIPp, a slixmpp client, and the stox binary itself.
+//! Prosody, ejabberd, SIPp, a slixmpp client, TLS SIP peers (rustls, certificates made by
+//! the test with rcgen), and the stox binary itself.
 //!
 //! Nothing here is mocked. A missing peer fails the test with the package to install.
 #![allow(dead_code)]
@@ -390,6 +391,8 @@ impl Drop for Ejabberd {
 pub struct Stox {
     pub dir: PathBuf,
     pub sip_port: u16,
+    /// The `tls:` listener's port, when started with [`Stox::start_tls`].
+    pub tls_port: Option<u16>,
     pub config: PathBuf,
     proc: Option<Proc>,
     log: PathBuf,
@@ -398,6 +401,17 @@ pub struct Stox {
 impl Stox {
     /// The config stox gets in the tests; `extra` is appended (e.g. `[sip.routes]`).
     pub fn config_text(dir: &Path, component_port: u16, sip_port: u16, extra: &str) -> String {
+        let listen = format!("\"udp:127.0.0.1:{sip_port}\", \"tcp:127.0.0.1:{sip_port}\"");
+        Stox::config_text_listen(dir, component_port, &listen, extra)
+    }
+
+    /// The same with the `sip.listen` list given (its inside: `"udp:..", "tls:.."`).
+    pub fn config_text_listen(
+        dir: &Path,
+        component_port: u16,
+        listen: &str,
+        extra: &str,
+    ) -> String {
         let db = dir.join("stox.db");
         let db = db.display();
         format!(
@@ -412,27 +426,62 @@ domains = ["localhost"]
 reconnect_max_ms = 500
 
 [sip]
-listen = ["udp:127.0.0.1:{sip_port}", "tcp:127.0.0.1:{sip_port}"]
+listen = [{listen}]
 {extra}
 "#
         )
     }
 
     pub fn start(dir: &Path, component_port: u16, extra: &str) -> Stox {
+        let sip_port = free_port();
+        Stox::launch(dir, sip_port, None, |d| {
+            Stox::config_text(d, component_port, sip_port, extra)
+        })
+    }
+
+    /// Listens on udp, tcp and `tls:127.0.0.1:<tls_port>` with `identity` as its
+    /// certificate and `pki`'s CA as the roots it verifies peers with. `extra` goes into
+    /// `[sip]` (keys first, then tables such as `[sip.routes]`).
+    pub fn start_tls(
+        dir: &Path,
+        component_port: u16,
+        pki: &TestPki,
+        identity: &Leaf,
+        extra: &str,
+    ) -> Stox {
+        let sip_port = free_port();
+        let tls_port = free_port();
+        Stox::launch(dir, sip_port, Some(tls_port), |dir| {
+            let listen = format!(
+                "\"udp:127.0.0.1:{sip_port}\", \"tcp:127.0.0.1:{sip_port}\", \"tls:127.0.0.1:{tls_port}\""
+            );
+            let tls = format!(
+                "[sip.tls]\ncertificate = {:?}\nprivate_key = {:?}\nca_file = {:?}\n",
+                identity.cert,
+                identity.key,
+                pki.ca_file(dir)
+            );
+            Stox::config_text_listen(dir, component_port, &listen, &format!("{extra}\n{tls}"))
+        })
+    }
+
+    /// Writes the config that `config(stox's dir)` returns and starts stox on it.
+    fn launch(
+        dir: &Path,
+        sip_port: u16,
+        tls_port: Option<u16>,
+        config: impl FnOnce(&Path) -> String,
+    ) -> Stox {
         let dir = dir.join("stox");
         std::fs::create_dir_all(&dir).unwrap();
-        let sip_port = free_port();
-        let config = dir.join("component.toml");
-        std::fs::write(
-            &config,
-            Stox::config_text(&dir, component_port, sip_port, extra),
-        )
-        .unwrap();
+        let path = dir.join("component.toml");
+        std::fs::write(&path, config(&dir)).unwrap();
         let mut s = Stox {
             log: dir.join("stox.log"),
             dir,
             sip_port,
-            config,
+            tls_port,
+            config: path,
             proc: None,
         };
         s.start_again();
@@ -873,4 +922,288 @@ fn random_branch() -> String {
 /// The status line of a response.
 pub fn status_line(response: &str) -> &str {
     response.lines().next().unwrap_or("")
+}
+
+// ----- TLS: certificates and SIP peers -----
+
+/// A CA made by the test, and leaves it signs.
+pub struct TestPki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+/// One leaf's PEM files: `cert` (the leaf, then the CA) and `key`.
+pub struct Leaf {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "stox interop test CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        TestPki { ca }
+    }
+
+    /// Writes the CA certificate to `dir/ca.pem`.
+    pub fn ca_file(&self, dir: &Path) -> PathBuf {
+        let p = dir.join("ca.pem");
+        std::fs::write(&p, self.ca.pem()).unwrap();
+        p
+    }
+
+    /// A leaf for `names` (DNS names and IP addresses), as `dir/<file>.pem` and `.key`.
+    pub fn leaf(&self, dir: &Path, file: &str, names: &[&str]) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.ca)
+            .unwrap();
+        let leaf = Leaf {
+            cert: dir.join(format!("{file}.pem")),
+            key: dir.join(format!("{file}.key")),
+        };
+        std::fs::write(&leaf.cert, cert.pem() + &self.ca.pem()).unwrap();
+        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
+        leaf
+    }
+
+    pub fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        roots
+    }
+
+    /// What a TLS client verifying against this CA connects with.
+    pub fn client_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(self.roots())
+                .with_no_client_auth(),
+        )
+    }
+}
+
+fn server_config(leaf: &Leaf) -> std::sync::Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(&leaf.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+    )
+}
+
+/// Reads one SIP message framed by Content-Length (after any CRLF keep-alives); `None` on
+/// EOF or a read error.
+pub fn read_sip_message(r: &mut impl std::io::Read, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        let start = buf
+            .iter()
+            .take_while(|b| **b == b'\r' || **b == b'\n')
+            .count();
+        if start > 0 && start == buf.len() {
+            buf.clear();
+        }
+        let head_end = buf[start..]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + start);
+        if let Some(end) = head_end {
+            let head = String::from_utf8_lossy(&buf[start..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    let name = name.trim();
+                    (name.eq_ignore_ascii_case("content-length") || name == "l")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let msg: Vec<u8> = buf.drain(..end + 4 + len).skip(start).collect();
+                return Some(String::from_utf8_lossy(&msg).into_owned());
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        match r.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A SIP client on one TLS connection to 127.0.0.1 (blocking rustls).
+pub struct TlsSipClient {
+    pub stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl TlsSipClient {
+    /// Connects and completes the handshake, verifying the server as `name`.
+    pub fn connect(port: u16, pki: &TestPki, name: &str) -> TlsSipClient {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).expect("TCP connect to stox");
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let conn = rustls::ClientConnection::new(pki.client_config(), name).unwrap();
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .expect("TLS handshake with stox");
+        }
+        TlsSipClient {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn local_addr(&self) -> String {
+        self.stream.sock.local_addr().unwrap().to_string()
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+        self.stream.flush().unwrap();
+    }
+
+    /// The next SIP message on the connection; `None` once it is closed.
+    pub fn read_message(&mut self) -> Option<String> {
+        read_sip_message(&mut self.stream, &mut self.buf)
+    }
+
+    /// Raw bytes as they come (e.g. a keep-alive pong); empty once the connection is closed.
+    pub fn read_raw(&mut self) -> Vec<u8> {
+        if !self.buf.is_empty() {
+            return std::mem::take(&mut self.buf);
+        }
+        let mut chunk = [0u8; 8192];
+        match std::io::Read::read(&mut self.stream, &mut chunk) {
+            Ok(n) => chunk[..n].to_vec(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// What a [`TlsUas`] saw.
+#[derive(Debug, Clone)]
+pub enum UasEvent {
+    /// A request it answered 200.
+    Request(String),
+    /// A connection whose handshake failed, with rustls' reason.
+    HandshakeFailed(String),
+}
+
+/// A TLS SIP UAS on 127.0.0.1: answers every request 200 on the connection it came on.
+pub struct TlsUas {
+    pub port: u16,
+    events: mpsc::Receiver<UasEvent>,
+    connections: std::sync::Arc<AtomicU16>,
+}
+
+impl TlsUas {
+    pub fn spawn(identity: &Leaf) -> TlsUas {
+        let config = server_config(identity);
+        let port = free_port();
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let (tx, events) = mpsc::channel();
+        let connections = std::sync::Arc::new(AtomicU16::new(0));
+        let counter = connections.clone();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { return };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let config = config.clone();
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut stream = rustls::StreamOwned::new(conn, tcp);
+                    while stream.conn.is_handshaking() {
+                        if let Err(e) = stream.conn.complete_io(&mut stream.sock) {
+                            let _ = tx.send(UasEvent::HandshakeFailed(e.to_string()));
+                            return;
+                        }
+                    }
+                    let mut buf = Vec::new();
+                    while let Some(request) = read_sip_message(&mut stream, &mut buf) {
+                        let response = ok_response(&request);
+                        if tx.send(UasEvent::Request(request)).is_err() {
+                            return;
+                        }
+                        if stream.write_all(response.as_bytes()).is_err() {
+                            return;
+                        }
+                        let _ = stream.flush();
+                    }
+                });
+            }
+        });
+        TlsUas {
+            port,
+            events,
+            connections,
+        }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u16 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn next_event(&self, timeout: Duration) -> Option<UasEvent> {
+        self.events.recv_timeout(timeout).ok()
+    }
+}
+
+/// `200 OK` for `request`, with its Via, From, To (tagged), Call-ID and CSeq.
+pub fn ok_response(request: &str) -> String {
+    let mut r = String::from("SIP/2.0 200 OK\r\n");
+    for line in request.split("\r\n").skip(1) {
+        if line.is_empty() {
+            break;
+        }
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "v" | "from" | "f" | "call-id" | "i" | "cseq" => {
+                r.push_str(line);
+                r.push_str("\r\n");
+            }
+            "to" | "t" => {
+                r.push_str(line);
+                if !line.contains("tag=") {
+                    r.push_str(";tag=uas1");
+                }
+                r.push_str("\r\n");
+            }
+            _ => {}
+        }
+    }
+    r.push_str("Content-Length: 0\r\n\r\n");
+    r
 }
