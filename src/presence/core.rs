@@ -29,10 +29,10 @@ use xmpp_parsers::minidom::Element;
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmpp_parsers::stanza_error::{DefinedCondition, StanzaError};
 
-use super::pidf;
 use crate::address::{AddressMap, SipAddress};
 use crate::mapping::error::stanza_error;
 use crate::mapping::message::sip_uri;
+use crate::mapping::presence::{self as pidf, RemotePresence, UserPresence};
 use crate::sip::core::random_token;
 use crate::sip::dialog::{self, header_value, Dialog};
 use crate::sip::message::response_to;
@@ -118,6 +118,9 @@ pub struct Outbound {
     /// after the refresh brings it again.
     #[serde(skip)]
     pub last: BTreeMap<String, Presence>,
+    /// The contact's tuples from the last NOTIFY: the next one says what changed.
+    #[serde(skip)]
+    pub remote: RemotePresence,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,7 +203,7 @@ pub struct PresenceCore {
     outs: HashMap<String, Outbound>,
     ins: HashMap<String, Inbound>,
     /// The XMPP users' presence per resource, for NOTIFY bodies.
-    views: HashMap<String, BTreeMap<String, Presence>>,
+    views: HashMap<String, UserPresence>,
     /// Users probed before a refresh: the deadline and the subscriptions waiting.
     probes: HashMap<String, (Millis, Vec<String>)>,
     per_user: HashMap<String, usize>,
@@ -555,6 +558,7 @@ impl PresenceCore {
             expires_at: 0,
             next_at: 0,
             last: BTreeMap::new(),
+            remote: RemotePresence::new(),
         };
         self.count(user, 1);
         self.outs.insert(key.clone(), o);
@@ -674,6 +678,7 @@ impl PresenceCore {
                 expires_at: 0,
                 next_at: 0,
                 last: BTreeMap::new(),
+                remote: RemotePresence::new(),
             };
             self.count(user, 1);
             self.outs.insert(key.clone(), o);
@@ -729,21 +734,22 @@ impl PresenceCore {
         p: Presence,
     ) {
         let user = bare(from);
-        let resource = from
-            .resource()
-            .map(|r| r.as_str().to_string())
-            .unwrap_or_default();
-        let view = self.views.entry(user.clone()).or_default();
+        let Ok(from_addr) = self.addresses.local_user_to_sip(from) else {
+            return;
+        };
+        let view = self
+            .views
+            .entry(user.clone())
+            .or_insert_with(|| UserPresence::new(&from_addr));
         let unavailable = p.type_ == PresenceType::Unavailable;
-        if unavailable {
-            view.remove(&resource);
-        } else {
-            view.insert(resource, p);
-        }
-        let gone = view.is_empty();
-        if gone {
-            self.views.remove(&user);
-        }
+        let changed = match view.update(&from_addr, &p, None) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "Presence not mapped to PIDF.");
+                false
+            }
+        };
+        let gone = !view.is_available();
         // NOTIFY every active watcher behind this contact JID.
         let keys: Vec<String> = self
             .ins
@@ -753,8 +759,10 @@ impl PresenceCore {
             })
             .map(|(k, _)| k.clone())
             .collect();
-        for key in keys {
-            self.notify(now, &key);
+        if changed {
+            for key in keys {
+                self.notify(now, &key);
+            }
         }
         // RFC 7248 section 4 item 4: the user went away, so the SIP subscription can go
         // too; the user's next login probe brings it back.
@@ -865,17 +873,26 @@ impl PresenceCore {
         // Pending says nothing of the user (RFC 3856 6.6.2: polite blocking); terminated
         // says closed; active says what the user shows.
         if end.is_some() || i.state == InState::Active {
-            let entity = i.dialog.local_uri.clone();
             let view = match end {
                 Some(_) => None,
                 None => self.views.get(&i.user),
             };
-            let (body, lang) = pidf::render(&entity, &i.user, view, &self.addresses);
-            h.push(make_header("Content-Type", "application/pidf+xml".into()));
-            if let Some(lang) = lang {
+            let doc = match view {
+                Some(v) => v.to_pidf(),
+                // Nothing known, or the end: one closed tuple.
+                None => match Jid::new(&i.user)
+                    .ok()
+                    .and_then(|j| self.addresses.local_user_to_sip(&j).ok())
+                {
+                    Some(a) => UserPresence::new(&a).to_pidf(),
+                    None => return,
+                },
+            };
+            h.push(make_header("Content-Type", pidf::CONTENT_TYPE.into()));
+            if let Some(lang) = doc.content_language {
                 h.push(make_header("Content-Language", lang));
             }
-            request.body = body.into_bytes();
+            request.body = doc.body.into_bytes();
         }
         let key = key.to_string();
         self.save_in(&key);
@@ -1098,8 +1115,8 @@ impl PresenceCore {
         };
         let contact = self.settings.contact.clone();
         let lang = header_value(h, "Content-Language");
-        let presences = if req.body.is_empty() {
-            Vec::new()
+        let document = if req.body.is_empty() {
+            None
         } else {
             let ctype = header_value(h, "Content-Type")
                 .unwrap_or_default()
@@ -1110,9 +1127,11 @@ impl PresenceCore {
                     .push(make_header("Accept", "application/pidf+xml".into()));
                 return r;
             }
-            match pidf::parse(&req.body, lang.as_deref()) {
-                Ok(p) => p,
-                Err(e) => return answer(req, 400, Some(&format!("Malformed PIDF: {e}"))),
+            match pidf::parse_pidf(&req.body, lang.as_deref()) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    return answer(req, e.sip_status(), Some(&format!("Malformed PIDF: {e}")))
+                }
             }
         };
         let Some(o) = self.outs.get_mut(&key) else {
@@ -1164,7 +1183,7 @@ impl PresenceCore {
                 self.schedule_out(&key, next);
                 self.save_out(&key);
                 if o.state == OutState::Active {
-                    self.contact_presence(&key, presences);
+                    self.contact_presence(&key, document);
                 }
             }
             SubState::Terminated => {
@@ -1174,7 +1193,7 @@ impl PresenceCore {
                 ) {
                     AfterTermination::Resubscribe => {
                         o.dialog = None;
-                        self.contact_presence(&key, presences);
+                        self.contact_presence(&key, document);
                         self.send_new_subscribe(now, &key);
                     }
                     AfterTermination::ResubscribeAfter(wait) => {
@@ -1200,7 +1219,8 @@ impl PresenceCore {
     }
 
     /// PIDF presences of the SIP contact -> the XMPP user.
-    fn contact_presence(&mut self, key: &str, presences: Vec<(Option<String>, Presence)>) {
+    fn contact_presence(&mut self, key: &str, document: Option<pidf::PidfDocument>) {
+        let Some(document) = document else { return };
         let Some(o) = self.outs.get_mut(key) else {
             return;
         };
@@ -1209,17 +1229,9 @@ impl PresenceCore {
             return;
         };
         let mut out = Vec::new();
-        for (resource, mut p) in presences {
-            let from = match resource.as_deref() {
-                Some(r) if !r.is_empty() => contact
-                    .with_resource_str(r)
-                    .map(Jid::from)
-                    .unwrap_or_else(|_| Jid::from(contact.clone())),
-                _ => Jid::from(contact.clone()),
-            };
-            p.from = Some(from);
-            p.to = Some(to.clone());
-            let r = resource.unwrap_or_default();
+        for state in o.remote.update(document) {
+            let p = state.to_xmpp(&contact, &to);
+            let r = state.resource.clone().unwrap_or_default();
             if p.type_ == PresenceType::Unavailable {
                 o.last.remove(&r);
             } else {
@@ -1238,6 +1250,7 @@ impl PresenceCore {
             return;
         };
         let last = std::mem::take(&mut o.last);
+        o.remote = RemotePresence::new();
         let o = o.clone();
         if last.is_empty() {
             return;

@@ -2,7 +2,6 @@
 //! the store, sends what the core asks for, and feeds back results and timers.
 
 pub mod core;
-pub mod pidf;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
