@@ -4,6 +4,7 @@
 //! Only this module names rsipstack; the rest of stox sees `Request`/`Response` through
 //! the re-exports below and the typed handles of [`endpoint`].
 
+pub mod auth;
 pub mod core;
 pub mod endpoint;
 pub mod locate;
