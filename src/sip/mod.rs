@@ -9,6 +9,7 @@ pub mod core;
 pub mod endpoint;
 pub mod locate;
 pub mod message;
+pub mod register;
 pub mod transaction;
 
 pub use rsipstack::sip::{Method, Request, Response, SipMessage};
