@@ -622,7 +622,8 @@ fn bump_cseq(request: &mut Request) -> bool {
             let Ok(n) = n.parse::<u32>() else {
                 return false;
             };
-            if n + 1 >= 1 << 31 {
+            // RFC 3261 8.1.1.5: below 2**31.
+            if n >= (1 << 31) - 1 {
                 return false;
             }
             *c = rsipstack::sip::CSeq::new(format!("{} {method}", n + 1));
@@ -1134,6 +1135,21 @@ mod tests {
         assert_eq!(pa[0].param("nc"), Some("00000002"));
         assert_eq!(wa[0].param("realm"), Some("sip.test"));
         assert_eq!(req.cseq_header().unwrap().value(), "3 MESSAGE");
+    }
+
+    #[test]
+    fn a_cseq_that_cannot_grow_ends_the_retries() {
+        let mut client = DigestClient::new(vec![cred("r")]);
+        let resp = challenge_response(401, &["Digest realm=\"r\", nonce=\"n\""]);
+        for cseq in [2147483647u32, 4294967295] {
+            let mut req = request(1);
+            for h in req.headers.iter_mut() {
+                if let Header::CSeq(c) = h {
+                    *c = rsipstack::sip::CSeq::new(format!("{cseq} MESSAGE"));
+                }
+            }
+            assert!(!client.on_challenge(&mut req, &resp, &scope(), &mut Exchange::default()));
+        }
     }
 
     #[test]

@@ -37,6 +37,8 @@ const BACKOFF_START: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Largest expiry stox asks for (a 423's Min-Expires beyond this is not followed).
 const EXPIRES_MAX: u32 = 604_800;
+/// Largest grant taken as is.
+const GRANTED_MAX: u32 = 365 * 86_400;
 
 /// The refresh timing of one registration. Inputs are `now` and outcomes; outputs are
 /// when to send ([`Registration::poll_timeout`]) and what expiry to ask for.
@@ -91,6 +93,8 @@ impl Registration {
     pub fn handle_outcome(&mut self, now: Instant, outcome: Outcome) -> Duration {
         let delay = match outcome {
             Outcome::Registered { granted } if granted > 0 => {
+                // A registrar may grant more than asked; more than a year is not believed.
+                let granted = granted.min(GRANTED_MAX);
                 self.failures = 0;
                 self.registered_until = Some(now + Duration::from_secs(granted.into()));
                 refresh_after(granted)
@@ -537,6 +541,15 @@ mod tests {
         assert_eq!(r.poll_register(c.at(2.2)), Some(60));
         r.handle_outcome(c.at(2.2), Outcome::TooBrief { min_expires: 0 });
         assert_eq!(r.expires(), 60);
+    }
+
+    #[test]
+    fn a_huge_grant_is_capped_not_a_panic() {
+        let c = Clock(Instant::now());
+        let mut r = Registration::new(c.at(0.0), 3600);
+        r.poll_register(c.at(0.0));
+        let d = r.handle_outcome(c.at(0.0), Outcome::Registered { granted: u32::MAX });
+        assert_eq!(d, refresh_after(GRANTED_MAX));
     }
 
     #[test]
