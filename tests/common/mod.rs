@@ -514,12 +514,13 @@ impl Kamailio {
         let dir = dir.join(name);
         std::fs::create_dir_all(dir.join("run")).unwrap();
         let port = free_port();
+        // No mpath: modules come from the compiled-in path (`kamailio -h`, -L), whatever
+        // the architecture.
         let mut cfg = format!(
             "#!KAMAILIO\n# written by stox's tests\n\
              debug=2\nlog_stderror=yes\nchildren=1\ntcp_children=1\n\
              auto_aliases=no\ndns=no\nrev_dns=no\nuse_dns_cache=no\n\
-             listen=udp:127.0.0.1:{port}\nlisten=tcp:127.0.0.1:{port}\n\
-             mpath=\"/usr/lib/x86_64-linux-gnu/kamailio/modules/\"\n"
+             listen=udp:127.0.0.1:{port}\nlisten=tcp:127.0.0.1:{port}\n"
         );
         for m in modules {
             cfg.push_str(&format!("loadmodule \"{m}.so\"\n"));
