@@ -38,6 +38,10 @@ impl ConfigError {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -160,6 +164,29 @@ pub struct SipConfig {
     pub idle_timeout_ms: u64,
     /// TCP and TLS connections accepted and open at once; outbound ones have as many again.
     pub max_connections: usize,
+    /// Digest credentials, one per realm (`[[sip.credentials]]`).
+    pub credentials: Vec<Credential>,
+    /// Registration of stox at a registrar (`[sip.register]`).
+    pub register: Option<RegisterConfig>,
+}
+
+/// A username and password for one digest realm. The password never shows in `Debug`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub realm: String,
+    pub username: String,
+    pub password: Secret,
+}
+
+/// `[sip.register]`: stox registers `aor` at `registrar` and keeps it registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterConfig {
+    /// The REGISTER Request-URI: a sip:/sips: URI without a user part.
+    pub registrar: String,
+    /// The address-of-record: To and From of the REGISTER.
+    pub aor: String,
+    /// The expiry asked for, in seconds (the registrar may grant less).
+    pub expires: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -294,6 +321,10 @@ struct RawSip {
     idle_timeout_ms: Option<u64>,
     #[serde(default)]
     max_connections: Option<usize>,
+    #[serde(default)]
+    credentials: Vec<RawCredential>,
+    #[serde(default)]
+    register: Option<RawRegister>,
 }
 
 #[derive(Deserialize)]
@@ -309,6 +340,27 @@ struct RawTls {
 
 fn default_verify_peer_name() -> bool {
     true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    realm: String,
+    username: String,
+    password: Secret,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegister {
+    registrar: String,
+    aor: String,
+    #[serde(default = "default_register_expires")]
+    expires: u32,
+}
+
+fn default_register_expires() -> u32 {
+    3600
 }
 
 #[derive(Deserialize, Default)]
@@ -407,6 +459,10 @@ fn serde_error(text: &str, path: &str, e: &toml::de::Error) -> ConfigError {
     } else {
         path.to_string()
     };
+    // serde quotes the offending value ("invalid type: integer `12345`"): not for secrets.
+    if key == "xmpp.secret" || key.ends_with(".password") {
+        return ConfigError::new(key, "must be a string (the value is not shown)");
+    }
     ConfigError::new(key, msg)
 }
 
@@ -615,6 +671,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             None
         }
     };
+    let credentials = validate_credentials(raw.sip.credentials)?;
+    let register = match raw.sip.register {
+        Some(r) => Some(validate_register(r)?),
+        None => None,
+    };
 
     let mut nameservers = Vec::new();
     for (i, n) in raw.dns.nameservers.iter().enumerate() {
@@ -650,6 +711,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             tls,
             idle_timeout_ms,
             max_connections,
+            credentials,
+            register,
         },
         dns: DnsConfig { nameservers },
         presence: validate_presence(raw.presence)?,
@@ -715,6 +778,76 @@ fn validate_presence(raw: RawPresence) -> Result<PresenceConfig, ConfigError> {
         probe_exempt_domains: exempt,
         retry_ms: raw.retry_ms.unwrap_or(60_000).max(100),
         on_sip_end,
+    })
+}
+
+fn validate_credentials(raw: Vec<RawCredential>) -> Result<Vec<Credential>, ConfigError> {
+    let mut out: Vec<Credential> = Vec::new();
+    for (i, c) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("sip.credentials[{i}].{field}");
+        let realm = c.realm.trim().to_string();
+        if realm.is_empty() {
+            return Err(ConfigError::new(key("realm"), "is empty"));
+        }
+        if realm.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::new(
+                key("realm"),
+                "must not contain control characters",
+            ));
+        }
+        if out.iter().any(|o| o.realm.eq_ignore_ascii_case(&realm)) {
+            return Err(ConfigError::invalid(key("realm"), &realm, "listed twice"));
+        }
+        if c.username.is_empty() {
+            return Err(ConfigError::new(key("username"), "is empty"));
+        }
+        if c.username.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::new(
+                key("username"),
+                "must not contain control characters",
+            ));
+        }
+        if c.password.expose().is_empty() {
+            return Err(ConfigError::new(key("password"), "is empty"));
+        }
+        out.push(Credential {
+            realm,
+            username: c.username,
+            password: c.password,
+        });
+    }
+    Ok(out)
+}
+
+fn validate_register(r: RawRegister) -> Result<RegisterConfig, ConfigError> {
+    let registrar = r.registrar.trim().to_string();
+    check_next_hop("sip.register.registrar", &registrar)?;
+    if matches!(crate::sip::uri_user(&registrar), Ok(Some(_))) {
+        return Err(ConfigError::invalid(
+            "sip.register.registrar",
+            &registrar,
+            "a registrar URI has no user part (RFC 3261 10.2), e.g. sip:registrar.example.net",
+        ));
+    }
+    let aor = r.aor.trim().to_string();
+    let has_user = matches!(crate::sip::uri_user(&aor), Ok(Some(u)) if !u.is_empty());
+    if !has_user || aor.chars().any(|c| c.is_control() || c == '<' || c == '>') {
+        return Err(ConfigError::invalid(
+            "sip.register.aor",
+            &aor,
+            "expected a SIP URI with a user part, e.g. sip:gateway@example.net",
+        ));
+    }
+    if !(1..=604_800).contains(&r.expires) {
+        return Err(ConfigError::new(
+            "sip.register.expires",
+            "must be between 1 and 604800 seconds",
+        ));
+    }
+    Ok(RegisterConfig {
+        registrar,
+        aor,
+        expires: r.expires,
     })
 }
 
@@ -983,6 +1116,110 @@ domains = ["example.com"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("store.file"), "{e}");
+    }
+
+    const CREDENTIALS: &str = r#"
+[[sip.credentials]]
+realm = "proxy.example.net"
+username = "stox"
+password = "pr0xy-pw"
+
+[[sip.credentials]]
+realm = "registrar.example.net"
+username = "gw"
+password = "reg-pw"
+"#;
+
+    #[test]
+    fn credentials_are_read_per_realm_and_the_password_is_redacted() {
+        let c = Config::parse(&format!("{MINIMAL}{CREDENTIALS}")).unwrap();
+        assert_eq!(c.sip.credentials.len(), 2);
+        assert_eq!(c.sip.credentials[1].realm, "registrar.example.net");
+        assert_eq!(c.sip.credentials[1].username, "gw");
+        assert_eq!(c.sip.credentials[1].password.expose(), "reg-pw");
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("pr0xy-pw") && !dbg.contains("reg-pw"),
+            "{dbg}"
+        );
+        assert!(Config::parse(MINIMAL).unwrap().sip.credentials.is_empty());
+    }
+
+    #[test]
+    fn credential_errors_name_the_key() {
+        let e = err(&format!(
+            "{MINIMAL}[[sip.credentials]]\nrealm = \"r\"\nusername = \"u\"\n"
+        ));
+        assert_eq!(e, "sip.credentials[0].password: is missing");
+        let e = err(&format!(
+            "{MINIMAL}[[sip.credentials]]\nrealm = \"r\"\nusername = \"u\"\npassword = \"\"\n"
+        ));
+        assert_eq!(e, "sip.credentials[0].password: is empty");
+        let e = err(&format!(
+            "{MINIMAL}{CREDENTIALS}\n[[sip.credentials]]\nrealm = \"Proxy.example.net\"\nusername = \"u\"\npassword = \"p\"\n"
+        ));
+        assert_eq!(
+            e,
+            "sip.credentials[2].realm: \"Proxy.example.net\" is not valid: listed twice"
+        );
+        let e = err(&format!(
+            "{MINIMAL}[[sip.credentials]]\nrealm = \"r\"\nusername = \"u\"\npassword = \"p\"\nuser = \"x\"\n"
+        ));
+        assert!(
+            e.starts_with("sip.credentials[0].user: is not a known key"),
+            "{e}"
+        );
+        // An error about a password never quotes it.
+        let e = err(&format!(
+            "{MINIMAL}[[sip.credentials]]\nrealm = \"r\"\nusername = \"u\"\npassword = 5\n"
+        ));
+        assert_eq!(
+            e,
+            "sip.credentials[0].password: must be a string (the value is not shown)"
+        );
+        let e = err(&MINIMAL.replace("\"s3cret\"", "31337"));
+        assert!(!e.contains("31337"), "{e}");
+    }
+
+    #[test]
+    fn register_takes_a_registrar_an_aor_and_a_default_expiry() {
+        let c = Config::parse(&format!(
+            "{MINIMAL}[sip.register]\nregistrar = \"sip:registrar.example.net;transport=tcp\"\naor = \"sip:gw@example.net\"\n"
+        ))
+        .unwrap();
+        let r = c.sip.register.unwrap();
+        assert_eq!(r.registrar, "sip:registrar.example.net;transport=tcp");
+        assert_eq!(r.aor, "sip:gw@example.net");
+        assert_eq!(r.expires, 3600);
+        assert!(Config::parse(MINIMAL).unwrap().sip.register.is_none());
+    }
+
+    #[test]
+    fn register_errors_name_the_key() {
+        let reg = |body: &str| err(&format!("{MINIMAL}[sip.register]\n{body}"));
+        assert_eq!(
+            reg("aor = \"sip:gw@example.net\"\n"),
+            "sip.register.registrar: is missing"
+        );
+        let e = reg("registrar = \"sip:gw@example.net\"\naor = \"sip:gw@example.net\"\n");
+        assert!(e.starts_with("sip.register.registrar: \"sip:gw@example.net\" is not valid: a registrar URI has no user part"), "{e}");
+        let e = reg("registrar = \"http://example.net\"\naor = \"sip:gw@example.net\"\n");
+        assert!(e.starts_with("sip.register.registrar: "), "{e}");
+        let e = reg("registrar = \"sip:example.net\"\naor = \"sip:example.net\"\n");
+        assert!(
+            e.starts_with("sip.register.aor: \"sip:example.net\" is not valid"),
+            "{e}"
+        );
+        let e = reg("registrar = \"sip:example.net\"\naor = \"sip:gw@example.net\"\nexpires = 0\n");
+        assert_eq!(
+            e,
+            "sip.register.expires: must be between 1 and 604800 seconds"
+        );
+        let e = reg("registrar = \"sip:example.net\"\naor = \"sip:gw@example.net\"\nexpire = 60\n");
+        assert!(
+            e.starts_with("sip.register.expire: is not a known key"),
+            "{e}"
+        );
     }
 
     #[test]

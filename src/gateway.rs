@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::im::Im;
 use crate::presence::PresenceHandle;
 use crate::sip::endpoint::{self, IncomingRequest, StartError};
+use crate::sip::register::{self, RegisterHandle};
 use crate::xmpp::link::{self, LinkConfig, XmppLink};
 use crate::xmpp::service;
 
@@ -31,13 +32,21 @@ pub enum RunError {
 pub struct Running {
     pub xmpp: XmppLink,
     pub sip: endpoint::SipHandle,
+    /// The registration at `sip.register`, if configured.
+    pub registration: Option<RegisterHandle>,
 }
+
+/// How long shutdown waits for the registrar to answer the unregistering REGISTER.
+const UNREGISTER_WAIT: Duration = Duration::from_secs(2);
 
 /// Starts the gateway and runs it until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let _running = start(config).await?;
+    let mut running = start(config).await?;
     shutdown.await;
     tracing::info!("Shutting down.");
+    if let Some(r) = running.registration.take() {
+        r.unregister(UNREGISTER_WAIT).await;
+    }
     Ok(())
 }
 
@@ -67,7 +76,20 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
     let im = Arc::new(Im::new(addresses.clone(), sip.clone(), xmpp.clone()));
     tokio::spawn(route_xmpp(inbound, im.clone(), presence.clone()));
     tokio::spawn(route_sip(sip_requests, im, presence));
-    Ok(Running { xmpp, sip })
+    let registration = config.sip.register.as_ref().map(|r| {
+        let transport = config
+            .sip
+            .listen
+            .first()
+            .map(|l| l.transport)
+            .unwrap_or(crate::config::ListenTransport::Udp);
+        register::spawn(r, sip.clone(), transport)
+    });
+    Ok(Running {
+        xmpp,
+        sip,
+        registration,
+    })
 }
 
 async fn route_xmpp(mut inbound: mpsc::Receiver<Stanza>, im: Arc<Im>, presence: PresenceHandle) {

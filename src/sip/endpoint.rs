@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use super::auth::{DigestClient, Exchange, Scope};
 use super::core::{ConnId, Event, Failure, Local, ServerTxId, SipCore, Source, Transmit};
 use super::locate::{Destination, LocateError, Locator, Target, Transport};
 use super::message::{self, first_list_value, Framing, Reject};
@@ -193,6 +194,7 @@ struct HandleInner {
     locals: Vec<Local>,
     user_agent: String,
     tokens: AtomicU64,
+    auth: std::sync::Mutex<DigestClient>,
 }
 
 impl SipHandle {
@@ -342,6 +344,8 @@ impl SipHandle {
         destination: Destination,
     ) -> Result<Response, SipError> {
         self.add_user_agent(&mut request);
+        let scope = auth_scope(&request, &destination);
+        self.digest().authorize(&mut request, &scope);
         let mut targets = self.inner.locator.locate(&destination).await?;
         if destination.secure {
             // RFC 5630 4.1: a sips: next hop is reached over TLS, never in the clear.
@@ -362,6 +366,9 @@ impl SipHandle {
                 })
                 .map_err(|_| SipError::Stopped)?;
             let outcome = rx.await.map_err(|_| SipError::Stopped)?;
+            let outcome = self
+                .answer_challenges(outcome, &mut request, &target, &scope)
+                .await;
             match outcome {
                 Ok(r) if r.status_code.code() == 503 => {
                     tracing::debug!(target = %target.addr, "503 from a target; trying the next one.");
@@ -375,6 +382,70 @@ impl SipHandle {
             }
         }
         last
+    }
+}
+
+// Digest authentication (sip::auth) of what `send` sends: kept apart from `send` itself.
+impl SipHandle {
+    fn digest(&self) -> std::sync::MutexGuard<'_, DigestClient> {
+        // The client holds no invariant a panic elsewhere could break half-way.
+        self.inner.auth.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// While `outcome` is a 401/407 that credentials from config can answer, re-sends the
+    /// request to the same target (new branch, CSeq + 1, Authorization); returns the first
+    /// answer that is not worth a retry.
+    async fn answer_challenges(
+        &self,
+        mut outcome: Result<Response, SipError>,
+        request: &mut Request,
+        target: &Target,
+        scope: &Scope,
+    ) -> Result<Response, SipError> {
+        let mut exchange = Exchange::default();
+        loop {
+            let retry = match &outcome {
+                Ok(r) => self.digest().on_challenge(request, r, scope, &mut exchange),
+                Err(_) => false,
+            };
+            if !retry {
+                return outcome;
+            }
+            outcome = self.transact(request.clone(), target).await;
+        }
+    }
+
+    /// One client transaction to one target.
+    async fn transact(&self, request: Request, target: &Target) -> Result<Response, SipError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Input::Send {
+                request,
+                target: target.clone(),
+                token: self.inner.tokens.fetch_add(1, Ordering::Relaxed),
+                reply: Pending::Final(reply),
+            })
+            .map_err(|_| SipError::Stopped)?;
+        rx.await.map_err(|_| SipError::Stopped)?
+    }
+}
+
+/// Where cached challenges apply (sip::auth::Scope): the next hop, and the Request-URI's
+/// domain.
+fn auth_scope(request: &Request, destination: &Destination) -> Scope {
+    Scope {
+        next_hop: format!(
+            "{}:{}",
+            destination.host.to_ascii_lowercase(),
+            destination.port.unwrap_or(0)
+        ),
+        domain: request
+            .uri
+            .host_with_port
+            .host
+            .to_string()
+            .to_ascii_lowercase(),
     }
 }
 
@@ -496,6 +567,7 @@ pub async fn start(
                 user_agent: config.sip.user_agent.clone(),
                 // 0 is the core's own (the CANCELs it sends).
                 tokens: AtomicU64::new(1),
+                auth: std::sync::Mutex::new(DigestClient::new(config.sip.credentials.clone())),
             }),
         },
         tu_rx,

@@ -4,11 +4,13 @@
 //! Only this module names rsipstack; the rest of stox sees `Request`/`Response` through
 //! the re-exports below and the typed handles of [`endpoint`].
 
+pub mod auth;
 pub mod core;
 pub mod dialog;
 pub mod endpoint;
 pub mod locate;
 pub mod message;
+pub mod register;
 pub mod subscription;
 pub mod tls;
 pub mod transaction;
@@ -16,6 +18,20 @@ pub mod transaction;
 pub use rsipstack::sip::{Method, Request, Response, SipMessage};
 
 use locate::{Destination, Transport};
+
+/// The user part of a `sip:`/`sips:` URI (`None` when it has none), for config checks.
+pub fn uri_user(uri: &str) -> Result<Option<String>, String> {
+    let parsed =
+        rsipstack::sip::parse_uri(uri.trim()).map_err(|e| format!("not a SIP URI ({e})"))?;
+    match &parsed.scheme {
+        Some(rsipstack::sip::Scheme::Sip) | Some(rsipstack::sip::Scheme::Sips) => {}
+        _ => return Err("not a sip: or sips: URI".into()),
+    }
+    if parsed.host_with_port.host.to_string().is_empty() {
+        return Err("no host".into());
+    }
+    Ok(parsed.auth.map(|a| a.user))
+}
 
 /// A next hop from config (`sip.outbound_proxy`, `sip.routes`): a SIP URI naming a host.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -530,6 +530,13 @@ listen = [{listen}]
         self.wait_log("Component online.", times, Duration::from_secs(20));
     }
 
+    /// SIGTERM (a clean shutdown), waiting for it to end.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate();
+        }
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.kill();
@@ -544,6 +551,139 @@ impl Drop for Stox {
         }
         if std::thread::panicking() {
             eprintln!("--- stox log ---\n{}", self.log());
+        }
+    }
+}
+
+// ----- Kamailio -----
+
+/// A real Kamailio (Debian `kamailio`) on 127.0.0.1, UDP and TCP on one port, started in
+/// the foreground with its pid file and runtime dir in the test's temp dir. The test
+/// writes the modules, their parameters and the routing logic; the core settings here
+/// keep it on loopback, small (one child per listener) and off DNS.
+pub struct Kamailio {
+    pub dir: PathBuf,
+    pub port: u16,
+    proc: Option<Proc>,
+    log: PathBuf,
+}
+
+impl Kamailio {
+    /// `modules` are loaded in order (e.g. "sl", "tm", "auth"); `body` holds the
+    /// `modparam`s and `request_route`. `PORT` in `body` stands for the listening port.
+    pub fn start(dir: &Path, name: &str, modules: &[&str], body: &str) -> Kamailio {
+        let bin = need("kamailio", "kamailio");
+        let dir = dir.join(name);
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        let port = free_port();
+        // No mpath: modules come from the compiled-in path (`kamailio -h`, -L), whatever
+        // the architecture.
+        let mut cfg = format!(
+            "#!KAMAILIO\n# written by stox's tests\n\
+             debug=2\nlog_stderror=yes\nchildren=1\ntcp_children=1\n\
+             auto_aliases=no\ndns=no\nrev_dns=no\nuse_dns_cache=no\n\
+             listen=udp:127.0.0.1:{port}\nlisten=tcp:127.0.0.1:{port}\n"
+        );
+        for m in modules {
+            cfg.push_str(&format!("loadmodule \"{m}.so\"\n"));
+        }
+        cfg.push_str(&body.replace("PORT", &port.to_string()));
+        let config = dir.join("kamailio.cfg");
+        std::fs::write(&config, cfg).unwrap();
+        let check = Command::new(&bin)
+            .arg("-c")
+            .arg("-f")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "kamailio -c refused {}:\n{}",
+            config.display(),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let log = dir.join("kamailio.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-f")
+            .arg(&config)
+            .args(["-DD", "-E", "-m", "32", "-M", "4"])
+            .arg("-P")
+            .arg(dir.join("kamailio.pid"))
+            .arg("-Y")
+            .arg(dir.join("run"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        // Its own process group: the children it forks end with it (see Drop).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let proc = Proc::spawn("kamailio", &mut cmd);
+        let k = Kamailio {
+            dir,
+            port,
+            proc: Some(proc),
+            log,
+        };
+        wait_for_port(port, Duration::from_secs(15), "kamailio");
+        k
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has said `text` `count` times in all.
+    pub fn wait_log(&self, text: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().matches(text).count() >= count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "kamailio did not log {text:?} {count} time(s) within {timeout:?}; its log:\n{}",
+            self.log()
+        );
+    }
+
+    /// The lines of its log that contain `text`.
+    pub fn lines(&self, text: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(text))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// SIGTERM to its process group (the main process and the children it forked), then
+    /// SIGKILL if it has not ended within a few seconds.
+    pub fn stop(&mut self) {
+        let Some(mut p) = self.proc.take() else {
+            return;
+        };
+        let group = format!("-{}", p.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = p.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        p.kill();
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- kamailio log ---\n{}", self.log());
         }
     }
 }
