@@ -7,5 +7,6 @@ pub mod config;
 pub mod gateway;
 pub mod im;
 pub mod mapping;
+pub mod msrp;
 pub mod sip;
 pub mod xmpp;

@@ -1,0 +1,10 @@
+//! MSRP (RFC 4975) for chat sessions (RFC 7573): framing, URIs, a sans-IO session, SDP
+//! offer/answer, CPIM and isComposing payloads, and the tokio edge.
+//!
+//! ```text
+//!   TCP <-> conn (tokio) <-> session (sans-IO: handle_* in, poll_* out) <-> frame / uri
+//!   SIP INVITE body <-> sdp          message/cpim <-> cpim    isComposing <-> iscomposing
+//! ```
+
+pub mod frame;
+pub mod uri;
