@@ -401,6 +401,23 @@ impl Request {
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_start(out);
+        if let Some(body) = &self.body {
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(body);
+            out.extend_from_slice(b"\r\n");
+        }
+        write_end_line(out, &self.tid, self.flag);
+    }
+
+    /// Start line, headers and the blank line, for a body that is written afterwards,
+    /// followed by CRLF and the end-line.
+    pub fn encode_head(&self, out: &mut Vec<u8>) {
+        self.encode_start(out);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    fn encode_start(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"MSRP ");
         out.extend_from_slice(self.tid.as_str().as_bytes());
         out.push(b' ');
@@ -409,12 +426,6 @@ impl Request {
         for h in &self.headers.0 {
             h.write(out);
         }
-        if let Some(body) = &self.body {
-            out.extend_from_slice(b"\r\n");
-            out.extend_from_slice(body);
-            out.extend_from_slice(b"\r\n");
-        }
-        write_end_line(out, &self.tid, self.flag);
     }
 }
 
@@ -1019,6 +1030,10 @@ fn parse_header(line: &[u8]) -> Result<Header, FrameError> {
     })
 }
 
+pub(crate) fn is_media_type_str(v: &str) -> bool {
+    is_media_type(v)
+}
+
 /// `type "/" subtype *( ";" gen-param )`; parameters are checked for tokens only loosely,
 /// since quoted strings may contain ";".
 fn is_media_type(v: &str) -> bool {
@@ -1451,7 +1466,12 @@ Content-Type: text/plain
         ] {
             let mut d = Decoder::new(Limits::default());
             d.push(bytes);
-            assert_eq!(d.decode(), Err(want), "{:?}", String::from_utf8_lossy(bytes));
+            assert_eq!(
+                d.decode(),
+                Err(want),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
             assert_eq!(d.decode(), Err(StreamError::Failed));
         }
     }

@@ -7,4 +7,5 @@
 //! ```
 
 pub mod frame;
+pub mod session;
 pub mod uri;
