@@ -415,14 +415,16 @@ impl Session {
 
     /// The next bytes to write, or `None` when there is nothing to write now.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        // A chunk being written comes first: anything else would land inside its body. It
+        // ends early (interrupted) when responses or other messages are waiting.
+        if let Some(w) = self.writing.take() {
+            return Some(self.continue_chunk(now, w));
+        }
         if let Some(b) = self.control.pop_front() {
             return Some(b);
         }
         if self.failed {
             return None;
-        }
-        if let Some(w) = self.writing.take() {
-            return Some(self.continue_chunk(now, w));
         }
         loop {
             let id = self.queue.pop_front()?;
@@ -518,8 +520,9 @@ impl Session {
         };
         let total = m.body.len();
         let mut out = Vec::new();
-        // Interrupt for a waiting message once this chunk carries some data.
-        let interrupt = !self.queue.is_empty() && w.pos > m.next;
+        // Interrupt for a waiting message or response once this chunk carries some data.
+        let waiting = !self.queue.is_empty() || !self.control.is_empty();
+        let interrupt = waiting && w.pos > m.next;
         if !interrupt {
             let n = (w.end - w.pos).min(self.config.write_unit.max(1));
             out.extend_from_slice(&m.body[w.pos..w.pos + n]);
@@ -586,7 +589,8 @@ impl Session {
             if let Some(w) = self.writing.take() {
                 let mut out = b"\r\n".to_vec();
                 end_line(&mut out, &w.tid, Flag::Abort);
-                self.control.push_back(out.into());
+                // Before anything else queued: it closes the body on the wire.
+                self.control.push_front(out.into());
             }
         }
         self.pending.retain(|_, p| &p.id != id);

@@ -656,3 +656,38 @@ fn duplicate_message_ids_and_bad_content_types_are_refused() {
         Err(SendError::ContentType)
     );
 }
+
+#[test]
+fn responses_wait_for_a_chunk_boundary() {
+    let config = Config {
+        chunk_size: 100_000,
+        write_unit: 1000,
+        ..Config::default()
+    };
+    let mut p = Pair::new(config.clone(), config);
+    let big = vec![b'y'; 3000];
+    let big_id = p.a.send(Outgoing::new("text/plain", big.clone())).unwrap();
+    let first = p.a.poll_transmit(p.now).unwrap();
+    p.a_to_b.extend_from_slice(&first);
+    p.b.handle_data(p.now, &first);
+    // Bob talks while Alice is inside a chunk: her 200 must not land inside the body.
+    p.b.send(text("a word")).unwrap();
+    let line = p.b.poll_transmit(p.now).unwrap();
+    p.b_to_a.extend_from_slice(&line);
+    p.a.handle_data(p.now, &line);
+    p.drive();
+    let from_alice = decode(&p.a_to_b);
+    assert!(
+        from_alice.iter().all(|d| matches!(d, Decoded::Frame(_))),
+        "{from_alice:?}"
+    );
+    assert_eq!(responses(&p.a_to_b).len(), 1);
+    assert_eq!(&p.messages()[0].body[..], &big[..]);
+    assert!(p
+        .a_events
+        .iter()
+        .any(|e| matches!(e, Event::Message(m) if &m.body[..] == b"a word")));
+    assert!(p
+        .a_events
+        .contains(&Event::Delivered { message_id: big_id }));
+}
