@@ -6,6 +6,9 @@
 //!   SIP INVITE body <-> sdp          message/cpim <-> cpim    isComposing <-> iscomposing
 //! ```
 
+pub mod cpim;
 pub mod frame;
+pub mod iscomposing;
+pub mod sdp;
 pub mod session;
 pub mod uri;
