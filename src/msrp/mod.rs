@@ -6,6 +6,7 @@
 //!   SIP INVITE body <-> sdp          message/cpim <-> cpim    isComposing <-> iscomposing
 //! ```
 
+pub mod conn;
 pub mod cpim;
 pub mod frame;
 pub mod iscomposing;

@@ -169,6 +169,8 @@ struct OutMsg {
     /// Chunks waiting for a 200.
     unacked: usize,
     failed: bool,
+    /// Ours (the binding SEND): no events about it.
+    silent: bool,
 }
 
 impl OutMsg {
@@ -342,6 +344,7 @@ impl Session {
                 failure_report: msg.failure_report,
                 unacked: 0,
                 failed: false,
+                silent: false,
             },
         );
         self.queue.push_back(id.clone());
@@ -351,9 +354,14 @@ impl Session {
     /// Section 7.1: the endpoint that opened the connection sends a SEND at once so that
     /// the other side can bind the connection to the session; an empty one if nothing is
     /// queued.
+    /// The binding SEND raises no events.
     pub fn bind(&mut self) -> Option<MessageId> {
         if self.queue.is_empty() && self.writing.is_none() {
-            return self.send(Outgoing::new("text/plain", Bytes::new())).ok();
+            let id = self.send(Outgoing::new("text/plain", Bytes::new())).ok()?;
+            if let Some(m) = self.msgs.get_mut(&id) {
+                m.silent = true;
+            }
+            return Some(id);
         }
         None
     }
@@ -605,10 +613,12 @@ impl Session {
             return;
         }
         m.failed = true;
-        self.events.push_back(Event::Failed {
-            message_id: id.clone(),
-            failure,
-        });
+        if !m.silent {
+            self.events.push_back(Event::Failed {
+                message_id: id.clone(),
+                failure,
+            });
+        }
         self.stop_message(id);
     }
 
@@ -660,17 +670,19 @@ impl Session {
 
     /// One chunk of `id` succeeded; the message is delivered once all of them did.
     fn acked(&mut self, id: &MessageId) {
-        let done = match self.msgs.get_mut(id) {
+        let (done, silent) = match self.msgs.get_mut(id) {
             Some(m) => {
                 m.unacked = m.unacked.saturating_sub(1);
-                m.unacked == 0 && m.written() && !m.failed
+                (m.unacked == 0 && m.written() && !m.failed, m.silent)
             }
-            None => false,
+            None => (false, false),
         };
         if done && self.writing.as_ref().is_none_or(|w| &w.id != id) {
-            self.events.push_back(Event::Delivered {
-                message_id: id.clone(),
-            });
+            if !silent {
+                self.events.push_back(Event::Delivered {
+                    message_id: id.clone(),
+                });
+            }
             self.finish(id);
         }
     }
