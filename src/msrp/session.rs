@@ -40,6 +40,9 @@ pub struct Config {
     pub max_message_size: usize,
     /// Incoming messages being reassembled at once.
     pub max_incomplete: usize,
+    /// A message being reassembled is dropped when no chunk of it came for this long
+    /// (RFC 4975 names no number; a sender that stalls this long has given up).
+    pub incomplete_timeout: Duration,
     /// Section 7.1.1: a SEND without a response within 30 s has failed.
     pub transaction_timeout: Duration,
     /// Media types we take (415 otherwise); `*` and `type/*` are wildcards.
@@ -56,6 +59,7 @@ impl Default for Config {
             write_unit: 4096,
             max_message_size: 1024 * 1024,
             max_incomplete: 16,
+            incomplete_timeout: Duration::from_secs(120),
             transaction_timeout: Duration::from_secs(30),
             accept_types: vec![
                 "message/cpim".into(),
@@ -137,6 +141,10 @@ pub enum Event {
     Aborted {
         message_id: MessageId,
     },
+    /// A message being reassembled got no chunk for `incomplete_timeout` and was dropped.
+    Expired {
+        message_id: MessageId,
+    },
     /// A request we answered with an error, for the log.
     Refused {
         transaction_id: TransactionId,
@@ -205,6 +213,8 @@ struct Incoming {
     end_seen: bool,
     success_report: bool,
     from_path: Vec<MsrpUri>,
+    /// Dropped unless another chunk comes by then.
+    deadline: Instant,
 }
 
 impl Incoming {
@@ -388,7 +398,7 @@ impl Session {
         loop {
             match self.decoder.decode() {
                 Ok(None) => break,
-                Ok(Some(Decoded::Frame(Frame::Request(req)))) => self.on_request(req),
+                Ok(Some(Decoded::Frame(Frame::Request(req)))) => self.on_request(now, req),
                 Ok(Some(Decoded::Frame(Frame::Response(resp)))) => self.on_response(now, resp),
                 Ok(Some(Decoded::Invalid(inv))) => self.on_invalid(inv),
                 Err(e) => {
@@ -400,8 +410,18 @@ impl Session {
         }
     }
 
-    /// Fails the transactions whose response is overdue.
+    /// Fails the transactions whose response is overdue, and drops stalled incoming messages.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let stalled: Vec<MessageId> = self
+            .incoming
+            .iter()
+            .filter(|(_, m)| m.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stalled {
+            self.incoming.remove(&id);
+            self.events.push_back(Event::Expired { message_id: id });
+        }
         let expired: Vec<TransactionId> = self
             .pending
             .iter()
@@ -448,7 +468,10 @@ impl Session {
 
     /// When `handle_timeout` should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending.values().map(|p| p.deadline).min()
+        let pending = self.pending.values().map(|p| p.deadline);
+        pending
+            .chain(self.incoming.values().map(|m| m.deadline))
+            .min()
     }
 
     // ---- sending ----
@@ -705,7 +728,7 @@ impl Session {
         }
     }
 
-    fn on_request(&mut self, req: Request) {
+    fn on_request(&mut self, now: Instant, req: Request) {
         if req.method == Method::Report {
             return self.on_report(req);
         }
@@ -713,12 +736,12 @@ impl Session {
             return self.respond(&req.tid, &req.headers, 481, "Session Does Not Exist", None);
         }
         match req.method {
-            Method::Send => self.on_send(req),
+            Method::Send => self.on_send(now, req),
             _ => self.respond(&req.tid, &req.headers, 501, "Unknown Method", None),
         }
     }
 
-    fn on_send(&mut self, req: Request) {
+    fn on_send(&mut self, now: Instant, req: Request) {
         let Some(id) = req.headers.message_id().cloned() else {
             return self.respond(
                 &req.tid,
@@ -781,6 +804,7 @@ impl Session {
                     end_seen: false,
                     success_report: false,
                     from_path: Vec::new(),
+                    deadline: now,
                 },
             );
         }
@@ -810,6 +834,7 @@ impl Session {
         inc.add_range(start, end);
         inc.max_end = inc.max_end.max(end);
         inc.end_seen |= req.flag == Flag::End;
+        inc.deadline = now + self.config.incomplete_timeout;
         inc.success_report |= req.headers.success_report();
         if let Some(p) = req.headers.from_path() {
             inc.from_path = p.clone();

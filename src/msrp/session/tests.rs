@@ -694,3 +694,120 @@ fn responses_wait_for_a_chunk_boundary() {
         .a_events
         .contains(&Event::Delivered { message_id: big_id }));
 }
+
+#[test]
+fn a_stalled_incoming_message_expires() {
+    let mut b = session(BOB, ALICE, Config::default());
+    let t0 = Instant::now();
+    let chunk = format!(
+        "MSRP dkei38sd SEND\r\nTo-Path: {BOB}\r\nFrom-Path: {ALICE}\r\nMessage-ID: 4564dpWd\r\nByte-Range: 1-4/8\r\nContent-Type: text/plain\r\n\r\nabcd\r\n-------dkei38sd+\r\n"
+    );
+    b.handle_data(t0, chunk.as_bytes());
+    assert_eq!(b.poll_timeout(), Some(t0 + Duration::from_secs(120)));
+    b.handle_timeout(t0 + Duration::from_secs(119));
+    assert_eq!(b.incoming.len(), 1);
+    b.handle_timeout(t0 + Duration::from_secs(120));
+    assert!(b.incoming.is_empty());
+    assert_eq!(
+        b.poll_event(),
+        Some(Event::Expired {
+            message_id: MessageId::new("4564dpWd").unwrap()
+        })
+    );
+    assert_eq!(b.poll_timeout(), None);
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn chunk() -> impl Strategy<Value = String> {
+        (
+            "[a-z0-9]{4,8}",
+            prop_oneof![
+                Just("m1m1".to_string()),
+                Just("m2m2".to_string()),
+                Just("".to_string())
+            ],
+            (
+                1u64..40,
+                prop_oneof![Just(None), (0u64..40).prop_map(Some)],
+                prop_oneof![Just(None), (0u64..60).prop_map(Some)],
+            ),
+            "[a-z]{0,12}",
+            prop_oneof![Just('$'), Just('+'), Just('#')],
+            prop_oneof![Just("SEND"), Just("REPORT"), Just("FOO")],
+            any::<bool>(),
+        )
+            .prop_map(
+                |(tid, mid, (start, end, total), body, flag, method, with_body)| {
+                    let star =
+                        |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "*".into());
+                    let mut s =
+                        format!("MSRP {tid} {method}\r\nTo-Path: {BOB}\r\nFrom-Path: {ALICE}\r\n");
+                    if !mid.is_empty() {
+                        s += &format!("Message-ID: {mid}\r\n");
+                    }
+                    s += &format!("Byte-Range: {start}-{}/{}\r\n", star(end), star(total));
+                    if method == "REPORT" {
+                        s += "Status: 000 200 OK\r\n";
+                    }
+                    if with_body {
+                        s += &format!("Content-Type: text/plain\r\n\r\n{body}\r\n");
+                    }
+                    s + &format!("-------{tid}{flag}\r\n")
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn any_sequence_of_chunks_is_answered_without_panic(chunks in proptest::collection::vec(chunk(), 0..20)) {
+            let mut b = session(BOB, ALICE, Config { max_message_size: 50, max_incomplete: 2, ..Config::default() });
+            let now = Instant::now();
+            for c in &chunks {
+                b.handle_data(now, c.as_bytes());
+            }
+            let mut out = Vec::new();
+            while let Some(bytes) = b.poll_transmit(now) {
+                out.extend_from_slice(&bytes);
+            }
+            // Whatever came in, what goes out is well-formed MSRP.
+            for d in decode(&out) {
+                prop_assert!(matches!(d, Decoded::Frame(_)));
+            }
+            prop_assert!(b.incoming.len() <= 2);
+            b.handle_timeout(now + Duration::from_secs(3600));
+            prop_assert!(b.incoming.is_empty());
+        }
+
+        #[test]
+        fn random_bytes_into_a_session_never_panic(data in proptest::collection::vec(any::<u8>(), 0..1000)) {
+            let mut b = session(BOB, ALICE, Config::default());
+            let now = Instant::now();
+            b.handle_data(now, &data);
+            while b.poll_transmit(now).is_some() {}
+            while b.poll_event().is_some() {}
+        }
+
+        #[test]
+        fn sent_messages_arrive_whole(
+            bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 1..5),
+            chunk_size in 1usize..2000,
+            write_unit in 1usize..2000,
+        ) {
+            let config = Config { chunk_size, write_unit, accept_types: vec!["*".into()], ..Config::default() };
+            let mut p = Pair::new(config.clone(), config);
+            for b in &bodies {
+                p.a.send(Outgoing::new("application/octet-stream", b.clone())).unwrap();
+            }
+            p.drive();
+            let mut got: Vec<Vec<u8>> = p.messages().iter().map(|m| m.body.to_vec()).collect();
+            let mut want: Vec<Vec<u8>> = bodies.iter().filter(|b| !b.is_empty()).cloned().collect();
+            got.sort();
+            want.sort();
+            prop_assert_eq!(got, want);
+            prop_assert!(p.a.is_idle());
+        }
+    }
+}
