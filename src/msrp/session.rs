@@ -362,9 +362,8 @@ impl Session {
     }
 
     /// Section 7.1: the endpoint that opened the connection sends a SEND at once so that
-    /// the other side can bind the connection to the session; an empty one if nothing is
-    /// queued.
-    /// The binding SEND raises no events.
+    /// the other side can bind the connection to the session; an empty one (which raises
+    /// no events) if nothing is queued.
     pub fn bind(&mut self) -> Option<MessageId> {
         if self.queue.is_empty() && self.writing.is_none() {
             let id = self.send(Outgoing::new("text/plain", Bytes::new())).ok()?;
@@ -376,16 +375,41 @@ impl Session {
         None
     }
 
-    /// Stops sending a message: an unfinished chunk ends with `#` (section 7.1.1).
-    /// Returns false when the message is unknown or fully written already.
+    /// Stops sending a message (section 7.1.1): a chunk being written ends with `#`; between
+    /// chunks, an empty chunk with `#` tells the peer. Returns false when the message is
+    /// unknown or fully written already.
     pub fn abort(&mut self, id: &MessageId) -> bool {
+        let in_chunk = self.writing.as_ref().is_some_and(|w| &w.id == id);
         let Some(m) = self.msgs.get_mut(id) else {
             return false;
         };
-        if m.written() && self.writing.as_ref().is_none_or(|w| &w.id != id) {
+        if m.written() && !in_chunk {
             return false;
         }
         m.failed = true;
+        if !in_chunk && m.next > 0 {
+            let (next, total, content_type) =
+                (m.next as u64, m.body.len() as u64, m.content_type.clone());
+            let tid = self.fresh_tid(&[]);
+            let mut req = Request::new(
+                tid,
+                Method::Send,
+                self.remote.clone(),
+                vec![self.local.clone()],
+            );
+            req.headers.push(Header::MessageId(id.clone()));
+            req.headers.push(Header::ByteRange(ByteRange {
+                start: next + 1,
+                end: Some(next),
+                total: Some(total),
+            }));
+            req.headers.push(Header::ContentType(content_type));
+            req.body = Some(Bytes::new());
+            req.flag = Flag::Abort;
+            let mut out = Vec::new();
+            req.encode(&mut out);
+            self.control.push_back(out.into());
+        }
         self.stop_message(id);
         true
     }

@@ -811,3 +811,31 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn aborting_between_chunks_sends_an_empty_hash_chunk() {
+    let config = Config {
+        chunk_size: 100,
+        ..Config::default()
+    };
+    let mut p = Pair::new(config, Config::default());
+    let id =
+        p.a.send(Outgoing::new("text/plain", vec![b'q'; 300]))
+            .unwrap();
+    let first = p.a.poll_transmit(p.now).unwrap();
+    p.a_to_b.extend_from_slice(&first);
+    p.b.handle_data(p.now, &first);
+    assert_eq!(p.b.incoming.len(), 1);
+    assert!(p.a.abort(&id));
+    p.drive();
+    let sent = requests(&p.a_to_b);
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].flag, Flag::Abort);
+    assert_eq!(
+        sent[1].headers.byte_range().unwrap().to_string(),
+        "101-100/300"
+    );
+    assert!(p.b_events.contains(&Event::Aborted { message_id: id }));
+    assert!(p.b.incoming.is_empty());
+    assert!(p.a_events.is_empty(), "{:?}", p.a_events);
+}
