@@ -420,7 +420,7 @@ async fn refuse(
         .and_then(|p| p.first().cloned())
         .into_iter()
         .collect();
-    if headers.failure_report() != FailureReport::No && !to.is_empty() {
+    if headers.failure_report() != FailureReport::No && !to.is_empty() && !from.is_empty() {
         let resp = Response::new(tid.clone(), code, Some(comment), to, from);
         stream.write_all(&Frame::Response(resp).to_bytes()).await?;
     }

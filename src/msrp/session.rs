@@ -502,7 +502,9 @@ impl Session {
 
     fn start_chunk(&mut self, now: Instant, id: MessageId) -> Bytes {
         let (start, end, total, first, body) = {
-            let m = &self.msgs[&id];
+            let Some(m) = self.msgs.get(&id) else {
+                return Bytes::new();
+            };
             let end = (m.next + self.config.chunk_size.max(1)).min(m.body.len());
             (m.next, end, m.body.len(), m.next == 0, m.body.clone())
         };
@@ -517,7 +519,9 @@ impl Session {
             Some(t) => t,
             None => self.fresh_tid(data),
         };
-        let m = &self.msgs[&id];
+        let Some(m) = self.msgs.get(&id) else {
+            return Bytes::new();
+        };
         let exact = end - start <= self.config.write_unit.max(1);
         let mut req = Request::new(
             tid.clone(),
