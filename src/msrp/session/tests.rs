@@ -839,3 +839,16 @@ fn aborting_between_chunks_sends_an_empty_hash_chunk() {
     assert!(p.b.incoming.is_empty());
     assert!(p.a_events.is_empty(), "{:?}", p.a_events);
 }
+
+#[test]
+fn a_byte_range_that_miscounts_the_body_is_still_delivered() {
+    // RFC 4975 section 7.1 / RFC 7573 example 6: the Byte-Range counts more than the body.
+    let (_, out, events) = bob_answers(&format!(
+        "MSRP a786hjs2 SEND\nTo-Path: {BOB}\nFrom-Path: {ALICE}\nMessage-ID: 87652491\nByte-Range: 1-25/25\nContent-Type: text/plain\n\nHey Bob, are you there?\n-------a786hjs2$\n"
+    ));
+    assert_eq!(responses(&out)[0].code, 200);
+    let Some(Event::Message(m)) = events.first() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(&m.body[..], b"Hey Bob, are you there?");
+}
