@@ -4,7 +4,8 @@
 //!   bytes from the connection -> handle_data(now, ..)  -+
 //!   send(Outgoing) / abort(..) / bind()                 +-> [ Session ] -> poll_transmit(now): bytes to write
 //!   handle_timeout(now)                                 -+                -> poll_event(): Message, Delivered,
-//!                                                                             Report, Failed, Aborted, StreamError
+//!                                                                             Report, Failed, Aborted, Expired,
+//!                                                                             Refused, StreamError
 //!                                                                         -> poll_timeout(): next deadline
 //! ```
 //!
