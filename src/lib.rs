@@ -7,6 +7,7 @@ pub mod config;
 pub mod gateway;
 pub mod im;
 pub mod mapping;
+pub mod msrp;
 pub mod presence;
 pub mod sip;
 pub mod store;

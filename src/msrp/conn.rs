@@ -1,0 +1,627 @@
+//! The tokio edge of MSRP: one task per connection drives one [`Session`], and a listener
+//! hands each accepted connection to the session named in its first request.
+//!
+//! ```text
+//!   TcpStream --read--> Session::handle_data ... poll_transmit --write--> TcpStream
+//!   SessionHandle::send/abort/close --commands--> task --events--> SessionHandle::next_event
+//!   MsrpListener: accept -> read the first request -> To-Path session-id -> expected session
+//!                 (481 for an unknown session, 506 for one already bound: RFC 4975 s7.3)
+//! ```
+//!
+//! The task keeps reading while it writes, so two peers sending large messages at each
+//! other cannot block on full TCP buffers; session output is pulled only while less than
+//! `HIGH_WATER` bytes wait, and reading stops while the application lags on events.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::frame::{
+    Decoded, Decoder, FailureReport, Frame, Headers, Limits, MessageId, Response, TransactionId,
+};
+use super::session::{Event, Outgoing, SendError, Session};
+use super::uri::MsrpUri;
+
+/// Session output held for the socket before the session is asked for more.
+const HIGH_WATER: usize = 64 * 1024;
+/// Events held for a slow application before reading stops.
+const EVENT_BACKLOG: usize = 64;
+/// How long an accepted connection may take to send its first request.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Send(#[from] SendError),
+    #[error("the connection is closed")]
+    Closed,
+    #[error("a session with session-id {0:?} is expected already")]
+    AlreadyExpected(String),
+    #[error("the local URI has no session-id")]
+    NoSessionId,
+}
+
+enum Command {
+    Send(Outgoing, oneshot::Sender<Result<MessageId, SendError>>),
+    Abort(MessageId),
+    Close,
+}
+
+/// The application's side of a running session.
+pub struct SessionHandle {
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Receiver<Event>,
+    task: JoinHandle<Result<(), io::Error>>,
+}
+
+impl SessionHandle {
+    pub async fn send(&self, msg: Outgoing) -> Result<MessageId, ConnError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Send(msg, tx))
+            .await
+            .map_err(|_| ConnError::Closed)?;
+        Ok(rx.await.map_err(|_| ConnError::Closed)??)
+    }
+
+    pub async fn abort(&self, id: MessageId) -> Result<(), ConnError> {
+        self.commands
+            .send(Command::Abort(id))
+            .await
+            .map_err(|_| ConnError::Closed)
+    }
+
+    /// The next event; `None` once the connection has ended.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Finishes what is queued, then closes the connection (at BYE).
+    pub async fn close(self) -> Result<(), ConnError> {
+        let _ = self.commands.send(Command::Close).await;
+        drop(self.events);
+        match self.task.await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ConnError::Closed),
+        }
+    }
+}
+
+/// Runs `session` on `stream`; `initial` holds bytes already read from it.
+pub fn spawn(stream: TcpStream, initial: Bytes, session: Session) -> SessionHandle {
+    spawn_bound(stream, initial, session, None)
+}
+
+/// Like [`spawn`]; when the task ends, the session-id is released from the listener.
+fn spawn_bound(
+    stream: TcpStream,
+    initial: Bytes,
+    session: Session,
+    bound: Option<(String, Arc<Mutex<Registry>>)>,
+) -> SessionHandle {
+    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_BACKLOG);
+    let task = tokio::spawn(async move {
+        let r = drive(stream, initial, session, cmd_rx, ev_tx).await;
+        if let Some((id, registry)) = bound {
+            if let Ok(mut reg) = registry.lock() {
+                reg.bound.remove(&id);
+            }
+        }
+        r
+    });
+    SessionHandle {
+        commands: cmd_tx,
+        events: ev_rx,
+        task,
+    }
+}
+
+/// The active side (RFC 6135 `a=setup:active`, or RFC 4975's offerer): connects to the
+/// first hop of the peer's path and sends the binding SEND at once (section 7.1).
+pub async fn connect(
+    host: &str,
+    port: u16,
+    mut session: Session,
+) -> Result<SessionHandle, ConnError> {
+    let stream = TcpStream::connect((host, port)).await?;
+    let _ = stream.set_nodelay(true);
+    session.bind();
+    Ok(spawn(stream, Bytes::new(), session))
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+async fn drive(
+    stream: TcpStream,
+    initial: Bytes,
+    mut session: Session,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+) -> Result<(), io::Error> {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut out = BytesMut::new();
+    let mut backlog: VecDeque<Event> = VecDeque::new();
+    let mut closing = false;
+    let mut broken = false;
+    let mut eof = false;
+    if !initial.is_empty() {
+        session.handle_data(now(), &initial);
+    }
+    loop {
+        while out.len() < HIGH_WATER {
+            match session.poll_transmit(now()) {
+                Some(b) => out.extend_from_slice(&b),
+                None => break,
+            }
+        }
+        while let Some(e) = session.poll_event() {
+            broken |= matches!(e, Event::StreamError(_));
+            backlog.push_back(e);
+        }
+        if out.is_empty() && ((closing && session.is_idle()) || broken || eof) {
+            break;
+        }
+        let deadline = session.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            r = rd.read(&mut buf), if !eof && !broken && backlog.len() < EVENT_BACKLOG => {
+                match r? {
+                    0 => eof = true,
+                    n => session.handle_data(now(), &buf[..n]),
+                }
+            }
+            r = wr.write(&out), if !out.is_empty() => {
+                let n = r?;
+                out.advance(n);
+            }
+            permit = events.reserve(), if !backlog.is_empty() => match permit {
+                Ok(p) => {
+                    if let Some(e) = backlog.pop_front() {
+                        p.send(e);
+                    }
+                }
+                // Nobody listens any more: drop events, keep the session going.
+                Err(_) => backlog.clear(),
+            },
+            cmd = commands.recv(), if !closing => match cmd {
+                Some(Command::Send(m, reply)) => {
+                    let _ = reply.send(session.send(m));
+                }
+                Some(Command::Abort(id)) => {
+                    session.abort(&id);
+                }
+                Some(Command::Close) | None => closing = true,
+            },
+            _ = sleep_until(deadline), if deadline.is_some() => session.handle_timeout(now()),
+        }
+    }
+    // Hand over what is left for the application, then close our side.
+    for e in backlog {
+        if events.send(e).await.is_err() {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Expected {
+    session: Session,
+    reply: oneshot::Sender<SessionHandle>,
+}
+
+#[derive(Default)]
+struct Registry {
+    expected: HashMap<String, Expected>,
+    bound: HashSet<String>,
+}
+
+/// Accepts MSRP connections (the passive side) and routes each to its session.
+pub struct MsrpListener {
+    addr: SocketAddr,
+    registry: Arc<Mutex<Registry>>,
+    task: JoinHandle<()>,
+}
+
+/// A session waiting for its connection.
+pub struct PendingSession {
+    id: String,
+    rx: oneshot::Receiver<SessionHandle>,
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl PendingSession {
+    /// Resolves once the peer has connected and sent its first request.
+    pub async fn connected(mut self) -> Result<SessionHandle, ConnError> {
+        (&mut self.rx).await.map_err(|_| ConnError::Closed)
+    }
+}
+
+impl Drop for PendingSession {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.registry.lock() {
+            r.expected.remove(&self.id);
+        }
+    }
+}
+
+impl MsrpListener {
+    pub async fn bind(addr: SocketAddr) -> io::Result<MsrpListener> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let registry = Arc::new(Mutex::new(Registry::default()));
+        let task = tokio::spawn(accept_loop(listener, registry.clone()));
+        Ok(MsrpListener {
+            addr,
+            registry,
+            task,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Registers a session under the session-id of its local URI.
+    pub fn expect(&self, session: Session) -> Result<PendingSession, ConnError> {
+        let id = session
+            .local()
+            .session_id
+            .clone()
+            .ok_or(ConnError::NoSessionId)?;
+        let (tx, rx) = oneshot::channel();
+        let mut r = self.registry.lock().map_err(|_| ConnError::Closed)?;
+        if r.expected.contains_key(&id) || r.bound.contains(&id) {
+            return Err(ConnError::AlreadyExpected(id));
+        }
+        r.expected
+            .insert(id.clone(), Expected { session, reply: tx });
+        Ok(PendingSession {
+            id,
+            rx,
+            registry: self.registry.clone(),
+        })
+    }
+}
+
+impl Drop for MsrpListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, registry: Arc<Mutex<Registry>>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let registry = registry.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = route(stream, registry).await {
+                        tracing::debug!(%peer, error = %e, "MSRP connection not routed.");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "MSRP accept failed.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Reads up to the first request and hands the connection to the session it names.
+async fn route(mut stream: TcpStream, registry: Arc<Mutex<Registry>>) -> Result<(), ConnError> {
+    let mut decoder = Decoder::new(Limits::default());
+    let mut seen = BytesMut::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, async {
+        loop {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                return Err(ConnError::Closed);
+            }
+            seen.extend_from_slice(&buf[..n]);
+            decoder.push(&buf[..n]);
+            match decoder.decode() {
+                Ok(Some(d)) => return Ok(d),
+                Ok(None) => continue,
+                Err(_) => return Err(ConnError::Closed),
+            }
+        }
+    })
+    .await
+    .map_err(|_| ConnError::Closed)??;
+
+    let (tid, headers, is_request) = match &first {
+        Decoded::Frame(Frame::Request(r)) => (r.tid.clone(), r.headers.clone(), true),
+        Decoded::Invalid(i) => (i.tid.clone(), i.headers.clone(), i.method.is_some()),
+        Decoded::Frame(Frame::Response(_)) => return Err(ConnError::Closed),
+    };
+    let session_id = headers
+        .to_path()
+        .and_then(|p| p.last())
+        .and_then(|u| u.session_id.clone());
+    let claimed = {
+        let mut r = registry.lock().map_err(|_| ConnError::Closed)?;
+        match session_id {
+            Some(id) => match r.expected.remove(&id) {
+                Some(e) => {
+                    r.bound.insert(id.clone());
+                    Ok((id, e))
+                }
+                None if r.bound.contains(&id) => Err(506),
+                None => Err(481),
+            },
+            None => Err(481),
+        }
+    };
+    match claimed {
+        Ok((id, e)) => {
+            let handle = spawn_bound(
+                stream,
+                seen.freeze(),
+                e.session,
+                Some((id, registry.clone())),
+            );
+            // If nobody waits any more, dropping the handle closes the connection.
+            let _ = e.reply.send(handle);
+            Ok(())
+        }
+        Err(code) => {
+            if is_request {
+                refuse(&mut stream, &tid, &headers, code).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn refuse(
+    stream: &mut TcpStream,
+    tid: &TransactionId,
+    headers: &Headers,
+    code: u16,
+) -> Result<(), ConnError> {
+    let comment = if code == 506 {
+        "Session Already Bound"
+    } else {
+        "Session Does Not Exist"
+    };
+    let to: Vec<MsrpUri> = headers
+        .from_path()
+        .and_then(|p| p.first().cloned())
+        .into_iter()
+        .collect();
+    let from: Vec<MsrpUri> = headers
+        .to_path()
+        .and_then(|p| p.first().cloned())
+        .into_iter()
+        .collect();
+    if headers.failure_report() != FailureReport::No && !to.is_empty() && !from.is_empty() {
+        let resp = Response::new(tid.clone(), code, Some(comment), to, from);
+        stream.write_all(&Frame::Response(resp).to_bytes()).await?;
+    }
+    let _ = stream.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msrp::session::Config;
+
+    fn uri(s: &str) -> MsrpUri {
+        MsrpUri::parse(s).unwrap()
+    }
+
+    async fn next_matching(h: &mut SessionHandle, f: impl Fn(&Event) -> bool) -> Event {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match h.next_event().await {
+                    Some(e) if f(&e) => return e,
+                    Some(_) => continue,
+                    None => panic!("connection ended"),
+                }
+            }
+        })
+        .await
+        .expect("event in time")
+    }
+
+    #[tokio::test]
+    async fn a_chunked_100_kib_message_crosses_a_real_tcp_connection_with_reports() {
+        let listener = MsrpListener::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let port = listener.local_addr().port();
+        let bob_uri = uri(&format!("msrp://127.0.0.1:{port}/bobs3ss10n;tcp"));
+        let alice_uri = uri("msrp://127.0.0.1:9/al1ces3ss10n;tcp");
+        let config = Config {
+            chunk_size: 8 * 1024,
+            write_unit: 2048,
+            accept_types: vec!["*".into()],
+            ..Config::default()
+        };
+        let bob = Session::new(bob_uri.clone(), vec![alice_uri.clone()], config.clone());
+        let pending = listener.expect(bob).unwrap();
+        let alice = Session::new(alice_uri, vec![bob_uri], config);
+        let mut alice = connect("127.0.0.1", port, alice).await.unwrap();
+        let mut bob = tokio::time::timeout(Duration::from_secs(10), pending.connected())
+            .await
+            .unwrap()
+            .unwrap();
+
+        let body: Vec<u8> = (0..100 * 1024u32).map(|i| (i * 31 % 251) as u8).collect();
+        let mut big = Outgoing::new("application/octet-stream", body.clone());
+        big.success_report = true;
+        let big_id = alice.send(big).await.unwrap();
+        // A chat line queued behind it (it may overtake it: how far the big one got by then
+        // depends on the sockets).
+        let line_id = alice
+            .send(Outgoing::new("text/plain", "Art thou not Romeo?"))
+            .await
+            .unwrap();
+
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            if let Event::Message(m) =
+                next_matching(&mut bob, |e| matches!(e, Event::Message(_))).await
+            {
+                got.push(m);
+            }
+        }
+        got.sort_by_key(|m| m.body.len());
+        assert_eq!(&got[0].body[..], b"Art thou not Romeo?");
+        assert_eq!(got[1].message_id, big_id);
+        assert_eq!(got[1].body.len(), body.len());
+        assert!(got[1].body[..] == body[..], "the 100 KiB body differs");
+        assert!(got[1].reported);
+
+        let mut delivered = HashSet::new();
+        let mut reported = false;
+        while delivered.len() < 2 || !reported {
+            match next_matching(&mut alice, |_| true).await {
+                Event::Delivered { message_id } => {
+                    delivered.insert(message_id);
+                }
+                Event::Report {
+                    message_id,
+                    status,
+                    byte_range,
+                } => {
+                    assert_eq!(message_id, big_id);
+                    assert_eq!(status.code, 200);
+                    assert_eq!(byte_range.to_string(), format!("1-{0}/{0}", body.len()));
+                    reported = true;
+                }
+                e => panic!("unexpected {e:?}"),
+            }
+        }
+        assert!(delivered.contains(&big_id) && delivered.contains(&line_id));
+
+        // And back the other way on the same connection.
+        bob.send(Outgoing::new("text/plain", "Neither, fair saint"))
+            .await
+            .unwrap();
+        let Event::Message(m) = next_matching(&mut alice, |e| matches!(e, Event::Message(_))).await
+        else {
+            unreachable!()
+        };
+        assert_eq!(&m.body[..], b"Neither, fair saint");
+
+        alice.close().await.unwrap();
+        // Bob sees the connection end.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while bob.next_event().await.is_some() {}
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_for_an_unknown_or_bound_session_is_refused() {
+        let listener = MsrpListener::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let port = listener.local_addr().port();
+        let send = |sid: &str| {
+            format!(
+                "MSRP a786hjs2 SEND\r\nTo-Path: msrp://127.0.0.1:{port}/{sid};tcp\r\nFrom-Path: msrp://127.0.0.1:9/x1y2z3;tcp\r\nMessage-ID: 87652491\r\n-------a786hjs2$\r\n"
+            )
+        };
+        async fn answer(port: u16, req: String) -> String {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+                .await
+                .unwrap()
+                .unwrap();
+            out
+        }
+        let out = answer(port, send("nobody")).await;
+        assert!(
+            out.starts_with("MSRP a786hjs2 481 Session Does Not Exist\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("To-Path: msrp://127.0.0.1:9/x1y2z3;tcp\r\n"));
+
+        let me = uri(&format!("msrp://127.0.0.1:{port}/s0mebody;tcp"));
+        let s = Session::new(
+            me,
+            vec![uri("msrp://127.0.0.1:9/x1y2z3;tcp")],
+            Config::default(),
+        );
+        let pending = listener.expect(s).unwrap();
+        let mut first = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        first.write_all(send("s0mebody").as_bytes()).await.unwrap();
+        let _handle = pending.connected().await.unwrap();
+        let mut resp = vec![0u8; 200];
+        let n = first.read(&mut resp).await.unwrap();
+        assert!(resp[..n].starts_with(b"MSRP a786hjs2 200 OK\r\n"));
+        let out = answer(port, send("s0mebody")).await;
+        assert!(
+            out.starts_with("MSRP a786hjs2 506 Session Already Bound\r\n"),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_response_fails_the_message_on_tokio_time() {
+        // A peer that reads but never answers.
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = server.local_addr().unwrap().port();
+        let sink = tokio::spawn(async move {
+            let (mut s, _) = server.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            while s.read(&mut buf).await.map(|n| n > 0).unwrap_or(false) {}
+        });
+        let me = uri("msrp://127.0.0.1:9/al1ce123;tcp");
+        let peer = uri(&format!("msrp://127.0.0.1:{port}/b0b12345;tcp"));
+        let config = Config {
+            transaction_timeout: Duration::from_millis(200),
+            ..Config::default()
+        };
+        let mut h = connect("127.0.0.1", port, Session::new(me, vec![peer], config))
+            .await
+            .unwrap();
+        let id = h.send(Outgoing::new("text/plain", "hello?")).await.unwrap();
+        let e = next_matching(
+            &mut h,
+            |e| matches!(e, Event::Failed { message_id, .. } if *message_id == id),
+        )
+        .await;
+        assert!(matches!(
+            e,
+            Event::Failed {
+                failure: crate::msrp::session::Failure::Timeout,
+                ..
+            }
+        ));
+        drop(h);
+        sink.abort();
+    }
+}
