@@ -217,6 +217,8 @@ pub struct PresenceConfig {
     pub probe_timeout_ms: u64,
     /// XMPP domains refreshed without the probe of RFC 7248 section 6.
     pub probe_exempt_domains: Vec<String>,
+    /// A user seen this recently (seconds) is refreshed even when the probe gets no answer.
+    pub seen_window_s: u64,
     pub retry_ms: u64,
     /// What a SIP watcher's unsubscribe or expiry does to the XMPP subscription.
     pub on_sip_end: OnSipEnd,
@@ -263,6 +265,7 @@ struct RawPresence {
     probe_timeout_ms: Option<u64>,
     #[serde(default)]
     probe_exempt_domains: Vec<String>,
+    seen_window_s: Option<u64>,
     retry_ms: Option<u64>,
     on_sip_end: Option<String>,
 }
@@ -776,6 +779,7 @@ fn validate_presence(raw: RawPresence) -> Result<PresenceConfig, ConfigError> {
         max_total: raw.max_total.unwrap_or(200_000),
         probe_timeout_ms,
         probe_exempt_domains: exempt,
+        seen_window_s: raw.seen_window_s.unwrap_or(7 * 86_400),
         retry_ms: raw.retry_ms.unwrap_or(60_000).max(100),
         on_sip_end,
     })

@@ -24,6 +24,11 @@ fn pidf(basic: &str, note: &str) -> String {
 
 /// A SIP presentity: answers SUBSCRIBE with 200, then NOTIFYs `open`, then `closed`.
 fn presentity(first: &str, second: &str) -> String {
+    presentity_with(first, second, "")
+}
+
+/// The same, then `after` (more scenario steps in the same dialog).
+fn presentity_with(first: &str, second: &str, after: &str) -> String {
     let notify = |cseq: u32, state: &str, body: &str| {
         format!(
             r#"  <send>
@@ -71,11 +76,52 @@ Content-Length: 0
 
 ]]>
   </send>
-{n1}{n2}  <Reference variables="dummy" />
+{n1}{n2}{after}  <Reference variables="dummy" />
 </scenario>
 "#,
         n1 = notify(1, "active;expires=3600", first),
         n2 = notify(2, "active;expires=3600", second),
+    )
+}
+
+/// After a restart stox refreshes in the dialog: the refresh is answered and NOTIFYed.
+fn refresh_answered(body: &str) -> String {
+    format!(
+        r#"  <recv request="SUBSCRIBE" timeout="20000" />
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:romeo@[local_ip]:[local_port]>
+Expires: 3600
+Content-Length: 0
+
+]]>
+  </send>
+  <send>
+    <![CDATA[
+NOTIFY [$contact] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+Max-Forwards: 70
+From: <sip:romeo@sip.test>;tag=[pid]SIPpTag01[call_number]
+To: [$from]
+Call-ID: [call_id]
+CSeq: 3 NOTIFY
+Contact: <sip:romeo@[local_ip]:[local_port]>
+Event: presence
+Subscription-State: active;expires=3600
+Content-Type: application/pidf+xml
+Content-Length: [len]
+
+{body}
+]]>
+  </send>
+  <recv response="200" />
+"#
     )
 }
 
@@ -259,4 +305,65 @@ fn a_sip_user_subscribes_to_juliet_and_gets_notified() {
         "{}",
         r.messages
     );
+}
+
+#[test]
+fn subscriptions_survive_a_kill_9_and_are_refreshed_from_the_store() {
+    let dir = temp_dir();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let uas_port = free_port();
+    let mut stox = Stox::start(dir.path(), prosody.component_port, &routes_to(uas_port));
+    stox.wait_online(1);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+
+    let uas = Sipp::spawn_uas(
+        dir.path(),
+        "presentity",
+        &presentity_with(
+            &pidf("open", "In the orchard"),
+            &pidf("open", "Under the window"),
+            &refresh_answered(&pidf("open", "Back again")),
+        ),
+        uas_port,
+        1,
+    );
+    juliet.send_raw("<presence to='romeo\\40sip.test@sip.localhost' type='subscribe'/>");
+    juliet.expect_stanza(
+        &["romeo\\40sip.test@sip.localhost", "Under the window"],
+        SECS10,
+    );
+
+    // No graceful anything: the process dies between two writes of nothing.
+    stox.kill9();
+    stox.start_again();
+    stox.wait_online(1);
+    stox.wait_log(
+        "Presence subscriptions taken back from the store.",
+        1,
+        SECS10,
+    );
+    let r = uas.finish(Duration::from_secs(30));
+    r.assert_ok();
+    let subscribes: Vec<&str> = r.messages.split("SUBSCRIBE sip:").skip(1).collect();
+    assert_eq!(subscribes.len(), 2, "{}", r.messages);
+    let call_id = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("Call-ID:"))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        call_id(subscribes[0]),
+        call_id(subscribes[1]),
+        "the refresh stays in the dialog"
+    );
+    assert!(
+        subscribes[1].contains("CSeq: 2 SUBSCRIBE"),
+        "{}",
+        subscribes[1]
+    );
+    assert!(
+        subscribes[1].contains(";tag="),
+        "in-dialog: the To tag is there"
+    );
+    juliet.expect_stanza(&["romeo\\40sip.test@sip.localhost", "Back again"], SECS10);
 }

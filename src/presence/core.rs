@@ -58,6 +58,11 @@ pub struct PresenceSettings {
     pub probe_timeout_ms: u64,
     /// XMPP domains whose users are refreshed without a probe ("known good" servers).
     pub probe_exempt: Vec<String>,
+    /// A refresh goes ahead without an answer to its probe when the user showed up this
+    /// recently (a server answers probes only from contacts the user lets see them, so a
+    /// one-way subscription never gets one; the login probes the user's server sends are
+    /// the evidence then).
+    pub seen_window_ms: u64,
     /// Wait before retrying a SUBSCRIBE that timed out or got 5xx/probation.
     pub retry_ms: u64,
     /// When a SIP watcher's subscription ends (expiry, Expires: 0), also end the XMPP
@@ -77,6 +82,7 @@ impl Default for PresenceSettings {
             max_total: 200_000,
             probe_timeout_ms: 10_000,
             probe_exempt: Vec::new(),
+            seen_window_ms: 7 * 86_400_000,
             retry_ms: 60_000,
             end_xmpp_with_sip: false,
             contact: "sip:stox@127.0.0.1".into(),
@@ -110,6 +116,9 @@ pub struct Outbound {
     pub dialog: Option<Dialog>,
     pub state: OutState,
     pub told_subscribed: bool,
+    /// When the user last showed up (a stanza from them, their server's login probe).
+    #[serde(default)]
+    pub seen_at: Millis,
     /// When the SIP side's subscription runs out (0: not subscribed).
     pub expires_at: Millis,
     /// The next thing to do for it (refresh, retry).
@@ -207,6 +216,8 @@ pub struct PresenceCore {
     /// Users probed before a refresh: the deadline and the subscriptions waiting.
     probes: HashMap<String, (Millis, Vec<String>)>,
     per_user: HashMap<String, usize>,
+    /// When each user last showed up.
+    seen: HashMap<String, Millis>,
     pending: HashMap<u64, Pending>,
     next_token: u64,
     timers: BinaryHeap<Reverse<(Millis, Timer)>>,
@@ -244,6 +255,7 @@ impl PresenceCore {
             views: HashMap::new(),
             probes: HashMap::new(),
             per_user: HashMap::new(),
+            seen: HashMap::new(),
             pending: HashMap::new(),
             next_token: 1,
             timers: BinaryHeap::new(),
@@ -277,6 +289,8 @@ impl PresenceCore {
                     }
                     let key = out_key(&o.user, &o.target);
                     self.count(&o.user, 1);
+                    let seen = self.seen.entry(o.user.clone()).or_insert(0);
+                    *seen = (*seen).max(o.seen_at);
                     self.timers
                         .push(Reverse((o.next_at, Timer::Out(key.clone()))));
                     self.outs.insert(key, o);
@@ -330,7 +344,9 @@ impl PresenceCore {
     }
 
     fn save_out(&mut self, key: &str) {
-        if let Some(o) = self.outs.get(key) {
+        if let Some(o) = self.outs.get_mut(key) {
+            o.seen_at = o.seen_at.max(self.seen.get(&o.user).copied().unwrap_or(0));
+            let o = &*o;
             if let Ok(data) = serde_json::to_string(o) {
                 self.actions.push_back(Action::Save {
                     id: key.to_string(),
@@ -392,7 +408,7 @@ impl PresenceCore {
     }
 
     /// A presence from the SIP contact to the user (subscription answers and presence).
-    fn from_contact(&self, o: &Outbound, type_: PresenceType) -> Option<Presence> {
+    fn contact_says(&self, o: &Outbound, type_: PresenceType) -> Option<Presence> {
         Some(
             Presence::new(type_)
                 .with_from(Jid::new(&o.contact_jid).ok()?)
@@ -410,7 +426,7 @@ impl PresenceCore {
         let user = bare(&from);
         if to.node().is_none() {
             // To the gateway itself: an answer to our probe, or a user adding the gateway.
-            self.from_user_to_gateway(now, &user, &from, p);
+            self.user_to_gateway(now, &user, &from, p);
             return;
         }
         if self.addresses.local_user_to_sip(&from).is_err() {
@@ -466,7 +482,7 @@ impl PresenceCore {
         self.stanza(r);
     }
 
-    fn from_user_to_gateway(&mut self, now: Millis, user: &str, from: &Jid, p: Presence) {
+    fn user_to_gateway(&mut self, now: Millis, user: &str, from: &Jid, p: Presence) {
         match p.type_ {
             PresenceType::Error => {
                 // The user's server says the user is not there: end what was waiting.
@@ -521,7 +537,7 @@ impl PresenceCore {
                 if let Some(r) = self
                     .outs
                     .get(&key)
-                    .and_then(|o| self.from_contact(o, PresenceType::Subscribed))
+                    .and_then(|o| self.contact_says(o, PresenceType::Subscribed))
                 {
                     self.stanza(r);
                 }
@@ -555,6 +571,7 @@ impl PresenceCore {
             dialog: None,
             state: OutState::Subscribing,
             told_subscribed: false,
+            seen_at: now,
             expires_at: 0,
             next_at: 0,
             last: BTreeMap::new(),
@@ -642,7 +659,7 @@ impl PresenceCore {
     fn out_unsubscribe(&mut self, user: &str, target: &SipAddress) {
         let key = out_key(user, &target.to_uri_string());
         let Some(o) = self.outs.get(&key) else { return };
-        let reply = self.from_contact(o, PresenceType::Unsubscribed);
+        let reply = self.contact_says(o, PresenceType::Unsubscribed);
         self.end_out_sip(&key);
         self.remove_out(&key);
         if let Some(r) = reply {
@@ -675,6 +692,7 @@ impl PresenceCore {
                 dialog: None,
                 state: OutState::Subscribing,
                 told_subscribed: true,
+                seen_at: now,
                 expires_at: 0,
                 next_at: 0,
                 last: BTreeMap::new(),
@@ -685,7 +703,7 @@ impl PresenceCore {
             if let Some(r) = self
                 .outs
                 .get(&key)
-                .and_then(|o| self.from_contact(o, PresenceType::Unavailable))
+                .and_then(|o| self.contact_says(o, PresenceType::Unavailable))
             {
                 self.stanza(r);
             }
@@ -693,7 +711,7 @@ impl PresenceCore {
             return;
         };
         let answers: Vec<Presence> = if o.last.is_empty() {
-            self.from_contact(o, PresenceType::Unavailable)
+            self.contact_says(o, PresenceType::Unavailable)
                 .into_iter()
                 .collect()
         } else {
@@ -718,6 +736,7 @@ impl PresenceCore {
 
     /// Evidence that the user exists and keeps the subscription: refresh what waits.
     fn confirm_user(&mut self, now: Millis, user: &str) {
+        self.seen.insert(user.to_string(), now);
         if let Some((_, keys)) = self.probes.remove(user) {
             for key in keys {
                 self.send_refresh(now, &key, self.settings.expires);
@@ -1176,7 +1195,7 @@ impl PresenceCore {
                 let next = o.next_at;
                 let o = o.clone();
                 if first_active {
-                    if let Some(r) = self.from_contact(&o, PresenceType::Subscribed) {
+                    if let Some(r) = self.contact_says(&o, PresenceType::Subscribed) {
                         self.stanza(r);
                     }
                 }
@@ -1207,7 +1226,7 @@ impl PresenceCore {
                     AfterTermination::GiveUp => {
                         let o = o.clone();
                         self.contact_gone(&key);
-                        if let Some(r) = self.from_contact(&o, PresenceType::Unsubscribed) {
+                        if let Some(r) = self.contact_says(&o, PresenceType::Unsubscribed) {
                             self.stanza(r);
                         }
                         self.remove_out(&key);
@@ -1215,7 +1234,7 @@ impl PresenceCore {
                 }
             }
         }
-        Some(ok).unwrap_or_else(|| answer(req, 500, None))
+        ok
     }
 
     /// PIDF presences of the SIP contact -> the XMPP user.
@@ -1367,7 +1386,7 @@ impl PresenceCore {
             return;
         };
         self.contact_gone(key);
-        if let Some(r) = self.from_contact(&o, PresenceType::Unsubscribed) {
+        if let Some(r) = self.contact_says(&o, PresenceType::Unsubscribed) {
             self.stanza(r);
         }
         self.remove_out(key);
@@ -1449,6 +1468,18 @@ impl PresenceCore {
             self.send_refresh(now, key, self.settings.expires);
             return;
         }
+        let recently = self
+            .seen
+            .get(&user)
+            .is_some_and(|t| now.saturating_sub(*t) <= self.settings.seen_window_ms);
+        if recently {
+            // Still probe, as section 6 asks; its answer renews the evidence.
+            if let (Ok(gw), Ok(to)) = (Jid::new(self.addresses.component()), Jid::new(&user)) {
+                self.stanza(Presence::new(PresenceType::Probe).with_from(gw).with_to(to));
+            }
+            self.send_refresh(now, key, self.settings.expires);
+            return;
+        }
         let deadline = now + self.settings.probe_timeout_ms;
         let entry = self
             .probes
@@ -1519,3 +1550,7 @@ fn subscribe_request(o: &Outbound, expires: u32, contact: &str) -> Option<Reques
         body: Vec::new(),
     })
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

@@ -20,8 +20,8 @@ use crate::xmpp::link::XmppLink;
 
 /// What the gateway hands the presence task.
 pub enum Input {
-    Xmpp(Presence),
-    Sip(IncomingRequest),
+    Xmpp(Box<Presence>),
+    Sip(Box<IncomingRequest>),
 }
 
 /// The presence task's handle: cheap to clone, never blocks the caller.
@@ -32,13 +32,13 @@ pub struct PresenceHandle {
 
 impl PresenceHandle {
     pub fn xmpp(&self, p: Presence) {
-        if self.tx.try_send(Input::Xmpp(p)).is_err() {
+        if self.tx.try_send(Input::Xmpp(Box::new(p))).is_err() {
             tracing::warn!("Presence queue full; a presence stanza was dropped.");
         }
     }
 
     pub fn sip(&self, incoming: IncomingRequest) {
-        if let Err(e) = self.tx.try_send(Input::Sip(incoming)) {
+        if let Err(e) = self.tx.try_send(Input::Sip(Box::new(incoming))) {
             let (mpsc::error::TrySendError::Full(Input::Sip(i))
             | mpsc::error::TrySendError::Closed(Input::Sip(i))) = e
             else {
@@ -71,6 +71,7 @@ pub fn settings(config: &Config, contact: String) -> PresenceSettings {
         max_total: p.max_total,
         probe_timeout_ms: p.probe_timeout_ms,
         probe_exempt: p.probe_exempt_domains.clone(),
+        seen_window_ms: p.seen_window_s.saturating_mul(1000),
         retry_ms: p.retry_ms,
         end_xmpp_with_sip: p.on_sip_end == OnSipEnd::Unsubscribe,
         contact,
@@ -124,7 +125,7 @@ async fn run(
             input = rx.recv() => {
                 let Some(input) = input else { return };
                 match input {
-                    Input::Xmpp(p) => core.handle_xmpp(now_ms(), p),
+                    Input::Xmpp(p) => core.handle_xmpp(now_ms(), *p),
                     Input::Sip(i) => {
                         let call_id = crate::sip::dialog::header_value(&i.request.headers, "Call-ID").unwrap_or_default();
                         let span = tracing::info_span!("presence_sip", %call_id, method = %i.request.method);

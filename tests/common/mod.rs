@@ -541,6 +541,8 @@ listen = [{listen}]
         if let Some(mut p) = self.proc.take() {
             p.kill();
         }
+        // The log is kept across the restart; count from here.
+        let _ = std::fs::rename(&self.log, self.dir.join("stox.before-kill.log"));
     }
 }
 
