@@ -367,3 +367,123 @@ fn subscriptions_survive_a_kill_9_and_are_refreshed_from_the_store() {
     );
     juliet.expect_stanza(&["romeo\\40sip.test@sip.localhost", "Back again"], SECS10);
 }
+
+/// Kamailio's presence server (presence + presence_xml on db_text) as an independent
+/// presentity: romeo PUBLISHes, Kamailio NOTIFYs stox, juliet sees it.
+#[test]
+fn kamailio_as_the_sip_presence_server() {
+    let dir = temp_dir();
+    need("kamailio", "kamailio");
+    let modules = "/usr/lib/x86_64-linux-gnu/kamailio/modules/presence_xml.so";
+    assert!(
+        std::path::Path::new(modules).exists(),
+        "Kamailio's presence modules are not installed: apt-get install kamailio-presence-modules"
+    );
+    let db = dir.path().join("kamailio-db");
+    std::fs::create_dir_all(&db).unwrap();
+    for table in [
+        "version",
+        "presentity",
+        "active_watchers",
+        "watchers",
+        "xcap",
+        "pua",
+    ] {
+        std::fs::copy(
+            format!("/usr/share/kamailio/dbtext/kamailio/{table}"),
+            db.join(table),
+        )
+        .unwrap();
+    }
+    let body = format!(
+        r#"alias="sip.test"
+#!define DBURL "text://{db}"
+modparam("presence", "db_url", DBURL)
+modparam("presence", "server_address", "sip:127.0.0.1:PORT")
+modparam("presence", "subs_db_mode", 0)
+modparam("presence", "publ_cache", 1)
+modparam("presence_xml", "db_url", DBURL)
+modparam("presence_xml", "force_active", 1)
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (is_method("PUBLISH")) {{ handle_publish(); exit; }}
+    if (is_method("SUBSCRIBE")) {{ handle_subscribe(); exit; }}
+    sl_send_reply("404", "Not here");
+}}
+"#,
+        db = db.display()
+    );
+    let kamailio = Kamailio::start(
+        dir.path(),
+        "kamailio",
+        &[
+            "tm",
+            "sl",
+            "pv",
+            "maxfwd",
+            "textops",
+            "db_text",
+            "presence",
+            "presence_xml",
+        ],
+        &body,
+    );
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let stox = Stox::start(
+        dir.path(),
+        prosody.component_port,
+        &format!(
+            "[sip.routes]\n\"sip.test\" = \"sip:127.0.0.1:{};transport=udp\"\n",
+            kamailio.port
+        ),
+    );
+    stox.wait_online(1);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+    juliet.send_raw("<presence to='romeo\\40sip.test@sip.localhost' type='subscribe'/>");
+    juliet.expect_stanza(
+        &["type=\"subscribed\"", "romeo\\40sip.test@sip.localhost"],
+        SECS10,
+    );
+
+    let publish = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="publish">
+  <send retrans="500">
+    <![CDATA[
+PUBLISH sip:romeo@sip.test SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+Max-Forwards: 70
+From: <sip:romeo@sip.test>;tag=[pid]SIPpTag00[call_number]
+To: <sip:romeo@sip.test>
+Call-ID: [call_id]
+CSeq: 1 PUBLISH
+Event: presence
+Expires: 600
+Content-Type: application/pidf+xml
+Content-Length: [len]
+
+{}
+]]>
+  </send>
+  <recv response="200" />
+</scenario>
+"#,
+        pidf("open", "Published through Kamailio")
+    );
+    Sipp::run_uac(
+        dir.path(),
+        "publish",
+        &publish,
+        &format!("127.0.0.1:{}", kamailio.port),
+        &[],
+    )
+    .assert_ok();
+    let p = juliet.expect_stanza(
+        &[
+            "romeo\\40sip.test@sip.localhost",
+            "Published through Kamailio",
+        ],
+        SECS10,
+    );
+    assert!(!p.contains("type=\"unavailable\""), "{p}");
+}
