@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use rsipstack::sip::prelude::HeadersExt;
-use rsipstack::sip::{Header, Uri};
+use rsipstack::sip::Header;
 use tracing::Instrument;
 use xmpp_parsers::message::{Message, MessageType};
 use xmpp_parsers::minidom::Element;
@@ -20,8 +20,9 @@ use crate::address::{AddressMap, SipAddress};
 use crate::mapping::error::{stanza_error, stanza_error_for_sip};
 use crate::mapping::message::{self as mm, MapError};
 use crate::sip::core::random_token;
+use crate::sip::dialog::uri_of;
 use crate::sip::endpoint::{IncomingRequest, SipError, SipHandle};
-use crate::sip::message::response_to;
+use crate::sip::message::{raw_uri, response_to};
 use crate::xmpp::link::XmppLink;
 
 /// What both directions share.
@@ -180,7 +181,7 @@ impl Im {
             let sender = match request
                 .from_header()
                 .ok()
-                .map(|f| addr_spec(f.value()))
+                .map(|f| uri_of(f.value()))
                 .ok_or(crate::address::AddressError::Malformed("no From".into()))
                 .and_then(|s| SipAddress::parse(&s))
                 .and_then(|a| self.addresses.sip_to_gateway_jid(&a))
@@ -253,64 +254,5 @@ impl Im {
             r
         };
         incoming.responder.respond(r);
-    }
-}
-
-/// The Request-URI as received: rsipstack keeps the user part as written (still %-encoded)
-/// but re-encodes it on display, which would turn `%40` into `%2540`.
-fn raw_uri(uri: &Uri) -> String {
-    let mut s = String::new();
-    if let Some(scheme) = &uri.scheme {
-        s.push_str(&scheme.to_string());
-        s.push(':');
-    }
-    if let Some(auth) = &uri.auth {
-        s.push_str(&auth.user);
-        s.push('@');
-    }
-    s.push_str(&uri.host_with_port.to_string());
-    for p in &uri.params {
-        s.push_str(&p.to_string());
-    }
-    s
-}
-
-/// The URI of a From/To value (RFC 3261 20.10): inside `<>` if present, else up to the
-/// first `;` (which starts header parameters).
-pub fn addr_spec(value: &str) -> String {
-    if let Some(start) = value.find('<') {
-        let rest = &value[start + 1..];
-        rest[..rest.find('>').unwrap_or(rest.len())]
-            .trim()
-            .to_string()
-    } else {
-        value.split(';').next().unwrap_or("").trim().to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addr_specs_come_out_of_name_addrs() {
-        assert_eq!(
-            addr_spec("\"Romeo\" <sip:romeo@example.net>;tag=1"),
-            "sip:romeo@example.net"
-        );
-        assert_eq!(
-            addr_spec("sip:romeo@example.net;tag=1"),
-            "sip:romeo@example.net"
-        );
-        assert_eq!(
-            addr_spec("<sip:a;b@example.net;gr=x>"),
-            "sip:a;b@example.net;gr=x"
-        );
-    }
-
-    #[test]
-    fn the_raw_request_uri_keeps_its_escapes() {
-        let uri = rsipstack::sip::parse_uri("sip:romeo%40home@example.net;user=phone").unwrap();
-        assert_eq!(raw_uri(&uri), "sip:romeo%40home@example.net;user=phone");
     }
 }

@@ -35,7 +35,7 @@ use crate::mapping::message::sip_uri;
 use crate::mapping::presence::{self as pidf, RemotePresence, UserPresence};
 use crate::sip::core::random_token;
 use crate::sip::dialog::{self, header_value, Dialog};
-use crate::sip::message::response_to;
+use crate::sip::message::{raw_uri, response_to};
 use crate::sip::subscription::{
     after_termination, is_presence_event, refresh_after, AfterTermination, Reason, SubState,
     SubscriptionState,
@@ -556,21 +556,37 @@ impl PresenceCore {
             );
             return;
         }
-        let Ok(from_jid) = Jid::new(user) else { return };
+        if self.new_outbound(now, user, contact_jid, &target_uri, false) {
+            self.send_new_subscribe(now, &key);
+        }
+    }
+
+    /// A new XMPP -> SIP subscription, not yet sent. False when the user cannot be mapped.
+    fn new_outbound(
+        &mut self,
+        now: Millis,
+        user: &str,
+        contact_jid: &str,
+        target: &str,
+        told: bool,
+    ) -> bool {
+        let Ok(from_jid) = Jid::new(user) else {
+            return false;
+        };
         let Ok(from_addr) = self.addresses.local_user_to_sip(&from_jid) else {
-            return;
+            return false;
         };
         let o = Outbound {
             user: user.to_string(),
             contact_jid: contact_jid.to_string(),
-            target: target_uri,
+            target: target.to_string(),
             from_uri: from_addr.aor().to_uri_string(),
             call_id: String::new(),
             from_tag: String::new(),
             cseq: 0,
             dialog: None,
             state: OutState::Subscribing,
-            told_subscribed: false,
+            told_subscribed: told,
             seen_at: now,
             expires_at: 0,
             next_at: 0,
@@ -578,8 +594,8 @@ impl PresenceCore {
             remote: RemotePresence::new(),
         };
         self.count(user, 1);
-        self.outs.insert(key.clone(), o);
-        self.send_new_subscribe(now, &key);
+        self.outs.insert(out_key(user, target), o);
+        true
     }
 
     /// A SUBSCRIBE outside any dialog (the first, or after the dialog was lost).
@@ -677,29 +693,9 @@ impl PresenceCore {
             if self.at_limit(user) {
                 return;
             }
-            let Ok(from_jid) = Jid::new(user) else { return };
-            let Ok(from_addr) = self.addresses.local_user_to_sip(&from_jid) else {
+            if !self.new_outbound(now, user, contact_jid, &target.to_uri_string(), true) {
                 return;
-            };
-            let o = Outbound {
-                user: user.to_string(),
-                contact_jid: contact_jid.to_string(),
-                target: target.to_uri_string(),
-                from_uri: from_addr.aor().to_uri_string(),
-                call_id: String::new(),
-                from_tag: String::new(),
-                cseq: 0,
-                dialog: None,
-                state: OutState::Subscribing,
-                told_subscribed: true,
-                seen_at: now,
-                expires_at: 0,
-                next_at: 0,
-                last: BTreeMap::new(),
-                remote: RemotePresence::new(),
-            };
-            self.count(user, 1);
-            self.outs.insert(key.clone(), o);
+            }
             if let Some(r) = self
                 .outs
                 .get(&key)
@@ -1001,11 +997,9 @@ impl PresenceCore {
             return ok;
         }
         // A new subscription to a local user.
-        let target = crate::im::addr_spec(&req.uri.to_string());
-        let Ok(user) = SipAddress::parse(&raw_request_uri(req))
+        let Ok(user) = SipAddress::parse(&raw_uri(&req.uri))
             .and_then(|a| self.addresses.sip_to_local_user(&a.aor()))
         else {
-            let _ = target;
             return answer(req, 404, None);
         };
         let user = bare(&user);
@@ -1504,22 +1498,6 @@ fn with_allow_events(mut r: Response) -> Response {
     r.headers
         .push(make_header("Allow-Events", "presence".into()));
     r
-}
-
-/// The Request-URI as written (rsipstack re-encodes the user part on display).
-fn raw_request_uri(req: &Request) -> String {
-    let uri = &req.uri;
-    let mut s = String::new();
-    if let Some(scheme) = &uri.scheme {
-        s.push_str(&scheme.to_string());
-        s.push(':');
-    }
-    if let Some(auth) = &uri.auth {
-        s.push_str(&auth.user);
-        s.push('@');
-    }
-    s.push_str(&uri.host_with_port.to_string());
-    s
 }
 
 fn add_subscribe_headers(h: &mut Headers, expires: u32, contact: &str) {

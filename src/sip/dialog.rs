@@ -515,6 +515,18 @@ mod tests {
         assert_eq!(header_param("sip:a@b;tag=x", "tag").as_deref(), Some("x"));
         assert_eq!(without_tag("<sip:a@b>;x=1;tag=t"), "<sip:a@b>;x=1");
         assert_eq!(without_tag("sip:a@b;tag=t"), "sip:a@b");
+        assert_eq!(
+            uri_of("\"Romeo\" <sip:romeo@example.net>;tag=1"),
+            "sip:romeo@example.net"
+        );
+        assert_eq!(
+            uri_of("sip:romeo@example.net;tag=1"),
+            "sip:romeo@example.net"
+        );
+        assert_eq!(
+            uri_of("<sip:a;b@example.net;gr=x>"),
+            "sip:a;b@example.net;gr=x"
+        );
     }
 
     #[test]

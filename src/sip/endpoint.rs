@@ -298,7 +298,7 @@ impl SipHandle {
             Header::Route(r) => Some(r.value().to_string()),
             _ => None,
         }) {
-            let uri = crate::im::addr_spec(first_list_value(&route));
+            let uri = super::dialog::uri_of(first_list_value(&route));
             if let Ok(hop) = NextHop::parse(&uri) {
                 return hop.destination;
             }

@@ -608,6 +608,25 @@ pub fn response_to(req: &Request, status: u16, reason: Option<&str>, to_tag: &st
     }
 }
 
+/// The Request-URI as received: rsipstack keeps the user part as written (still %-encoded)
+/// but re-encodes it on display, which would turn `%40` into `%2540`.
+pub fn raw_uri(uri: &rsipstack::sip::Uri) -> String {
+    let mut s = String::new();
+    if let Some(scheme) = &uri.scheme {
+        s.push_str(&scheme.to_string());
+        s.push(':');
+    }
+    if let Some(auth) = &uri.auth {
+        s.push_str(&auth.user);
+        s.push('@');
+    }
+    s.push_str(&uri.host_with_port.to_string());
+    for p in &uri.params {
+        s.push_str(&p.to_string());
+    }
+    s
+}
+
 /// Serializes with a correct Content-Length, replacing any the message carried.
 pub fn to_bytes(msg: &mut SipMessage) -> Vec<u8> {
     let (headers, body_len) = match msg {
@@ -626,6 +645,12 @@ mod tests {
     use super::*;
 
     const MAX: usize = 65535;
+
+    #[test]
+    fn the_raw_request_uri_keeps_its_escapes() {
+        let uri = rsipstack::sip::parse_uri("sip:romeo%40home@example.net;user=phone").unwrap();
+        assert_eq!(raw_uri(&uri), "sip:romeo%40home@example.net;user=phone");
+    }
 
     fn romeo_message(extra: &str, body: &str) -> String {
         format!(

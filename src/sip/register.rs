@@ -235,7 +235,7 @@ impl Binding {
         }
         let ours = contacts
             .iter()
-            .find(|c| addr_spec(c).eq_ignore_ascii_case(&self.contact))
+            .find(|c| super::dialog::uri_of(c).eq_ignore_ascii_case(&self.contact))
             .or(if contacts.len() == 1 {
                 contacts.first()
             } else {
@@ -286,13 +286,6 @@ fn split_list(v: &str) -> Vec<String> {
     out.push(v[start..].trim().to_string());
     out.retain(|s| !s.is_empty());
     out
-}
-
-fn addr_spec(value: &str) -> &str {
-    match (value.find('<'), value.find('>')) {
-        (Some(a), Some(b)) if a < b => value[a + 1..b].trim(),
-        _ => value.split(';').next().unwrap_or("").trim(),
-    }
 }
 
 /// A numeric header parameter (after the `>` of a name-addr).
