@@ -125,7 +125,17 @@ async fn run(
             input = rx.recv() => {
                 let Some(input) = input else { return };
                 match input {
-                    Input::Xmpp(p) => core.handle_xmpp(now_ms(), *p),
+                    Input::Xmpp(p) => {
+                        let span = tracing::debug_span!(
+                            "presence_xmpp",
+                            id = p.id.as_deref().unwrap_or(""),
+                            from = %p.from.as_ref().map(|j| j.to_string()).unwrap_or_default(),
+                            to = %p.to.as_ref().map(|j| j.to_string()).unwrap_or_default(),
+                            type_ = ?p.type_,
+                        );
+                        let _g = span.enter();
+                        core.handle_xmpp(now_ms(), *p)
+                    }
                     Input::Sip(i) => {
                         let call_id = crate::sip::dialog::header_value(&i.request.headers, "Call-ID").unwrap_or_default();
                         let span = tracing::info_span!("presence_sip", %call_id, method = %i.request.method);
