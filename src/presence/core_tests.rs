@@ -578,3 +578,120 @@ fn after_a_restart_every_subscription_is_refreshed_from_the_store() {
         "{r}"
     );
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Subscribe(u8),
+        Unsubscribe(u8),
+        Probe(u8),
+        Available(u8, u8),
+        Unavailable(u8),
+        Approve(u8),
+        Deny(u8),
+        Notify(u8, u8, Vec<u8>),
+        Watch(u8, u32),
+        Result(u16, bool),
+        Wait(u32),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            any::<u8>().prop_map(Step::Subscribe),
+            any::<u8>().prop_map(Step::Unsubscribe),
+            any::<u8>().prop_map(Step::Probe),
+            (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Step::Available(a, b)),
+            any::<u8>().prop_map(Step::Unavailable),
+            any::<u8>().prop_map(Step::Approve),
+            any::<u8>().prop_map(Step::Deny),
+            (
+                any::<u8>(),
+                any::<u8>(),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(|(a, b, c)| Step::Notify(a, b, c)),
+            (any::<u8>(), 0u32..100_000).prop_map(|(a, e)| Step::Watch(a, e)),
+            (100u16..700, any::<bool>()).prop_map(|(c, f)| Step::Result(c, f)),
+            (0u32..4_000_000).prop_map(Step::Wait),
+        ]
+    }
+
+    const STATES: [&str; 6] = [
+        "active;expires=600",
+        "pending",
+        "terminated;reason=timeout",
+        "terminated;reason=probation;retry-after=5",
+        "terminated;reason=rejected",
+        "bogus;;",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        /// Any order of stanzas, requests, results and time: no panic, and the counts stay
+        /// within the limits.
+        #[test]
+        fn any_sequence_is_survived(steps in proptest::collection::vec(step(), 1..40)) {
+            let mut c = core(|s| { s.max_per_user = 3; s.max_total = 5; });
+            let mut now = T0;
+            let mut subscribes: Vec<Request> = Vec::new();
+            let mut tokens: Vec<(u64, Request)> = Vec::new();
+            for s in steps {
+                let contact = |n: u8| format!("user{}\\40example.net@sip.example.com", n % 4);
+                let p = |t: &str, n: u8| presence(&format!(
+                    "<presence xmlns='jabber:component:accept' {t} from='juliet@example.com/r{}' to='{}'/>", n % 3, contact(n)));
+                match s {
+                    Step::Subscribe(n) => c.handle_xmpp(now, p("type='subscribe'", n)),
+                    Step::Unsubscribe(n) => c.handle_xmpp(now, p("type='unsubscribe'", n)),
+                    Step::Probe(n) => c.handle_xmpp(now, p("type='probe'", n)),
+                    Step::Available(n, _) => c.handle_xmpp(now, p("", n)),
+                    Step::Unavailable(n) => c.handle_xmpp(now, p("type='unavailable'", n)),
+                    Step::Approve(n) => c.handle_xmpp(now, p("type='subscribed'", n)),
+                    Step::Deny(n) => c.handle_xmpp(now, p("type='unsubscribed'", n)),
+                    Step::Notify(n, st, body) => {
+                        if let Some(s) = subscribes.get(n as usize % subscribes.len().max(1)) {
+                            let body = String::from_utf8_lossy(&body).into_owned();
+                            let state = STATES[st as usize % STATES.len()];
+                            let n = notify(s, u32::from(st), state, &body);
+                            let r = c.handle_sip_request(now, &n);
+                            prop_assert!(r.is_some());
+                        }
+                    }
+                    Step::Watch(n, e) => {
+                        let w = ROMEO_WATCHES
+                            .replace("romeo@", &format!("w{}@", n % 4))
+                            .replace("Expires: 600", &format!("Expires: {e}"));
+                        prop_assert!(c.handle_sip_request(now, &req(&w)).is_some());
+                    }
+                    Step::Result(code, failed) => {
+                        if let Some((t, r)) = tokens.pop() {
+                            let result = if failed {
+                                SipResult::Failed
+                            } else {
+                                let mut ok = ok_for(&r, "Expires: 60\r\n");
+                                ok.status_code = rsipstack::sip::StatusCode::from(code);
+                                SipResult::Response(ok)
+                            };
+                            c.handle_sip_result(now, t, result);
+                        }
+                    }
+                    Step::Wait(ms) => {
+                        now += u64::from(ms);
+                        c.handle_timeout(now);
+                    }
+                }
+                let out = drain(&mut c);
+                for (t, r, _) in out.sip {
+                    if r.method == Method::Subscribe {
+                        subscribes.push(r.clone());
+                    }
+                    tokens.push((t, r));
+                }
+                let (o, i) = c.counts();
+                prop_assert!(o + i <= 5);
+            }
+        }
+    }
+}
