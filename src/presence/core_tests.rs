@@ -646,7 +646,14 @@ mod fuzz {
                     Step::Subscribe(n) => c.handle_xmpp(now, p("type='subscribe'", n)),
                     Step::Unsubscribe(n) => c.handle_xmpp(now, p("type='unsubscribe'", n)),
                     Step::Probe(n) => c.handle_xmpp(now, p("type='probe'", n)),
-                    Step::Available(n, _) => c.handle_xmpp(now, p("", n)),
+                    Step::Available(n, show) => {
+                        let show = ["", "<show>away</show>", "<show>dnd</show>", "<status>x</status>"][show as usize % 4];
+                        c.handle_xmpp(now, presence(&format!(
+                            "<presence xmlns='jabber:component:accept' from='juliet@example.com/r{}' to='{}'>{show}</presence>",
+                            n % 3,
+                            contact(n)
+                        )))
+                    }
                     Step::Unavailable(n) => c.handle_xmpp(now, p("type='unavailable'", n)),
                     Step::Approve(n) => c.handle_xmpp(now, p("type='subscribed'", n)),
                     Step::Deny(n) => c.handle_xmpp(now, p("type='unsubscribed'", n)),
