@@ -379,7 +379,15 @@ async fn route(mut stream: TcpStream, registry: Arc<Mutex<Registry>>) -> Result<
         }
     };
     match claimed {
-        Ok((id, e)) => {
+        Ok((id, mut e)) => {
+            // An offerer that lets the answerer connect (a=setup:actpass answered active)
+            // may see the connection before the answer's a=path reaches it: the first
+            // request, sent to our unguessable session-id, names the peer's path.
+            if e.session.remote().is_empty() {
+                if let Some(path) = headers.from_path() {
+                    e.session.set_remote(path.clone());
+                }
+            }
             let handle = spawn_bound(
                 stream,
                 seen.freeze(),
