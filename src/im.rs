@@ -380,6 +380,59 @@ mod tests {
     }
 
     #[test]
+    fn chat_states_and_iscomposing_map_in_pager_mode() {
+        use std::str::FromStr;
+        let m = Message::try_from(
+            Element::from_str(
+                "<message xmlns='jabber:component:accept' type='chat' to='romeo\\40example.net@sip.example.com'>\
+                 <composing xmlns='http://jabber.org/protocol/chatstates'/></message>",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let xml = composing_to_sip(&m).unwrap();
+        assert_eq!(
+            IsComposing::parse(&xml).unwrap().state,
+            iscomposing::State::Active
+        );
+        let mut gone = m.clone();
+        gone.payloads = vec![ChatState::Gone.into()];
+        assert!(composing_to_sip(&gone).is_none());
+
+        let body = IsComposing::new(iscomposing::State::Idle).to_xml();
+        let text = format!(
+            "MESSAGE sip:juliet@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7;branch=z9hG4bK1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:romeo@example.net>;tag=1\r\nTo: <sip:juliet@example.com>\r\n\
+             Call-ID: c1\r\nCSeq: 1 MESSAGE\r\nContent-Type: application/im-iscomposing+xml\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let rsipstack::sip::SipMessage::Request(req) = crate::sip::message::parse(
+            text.as_bytes(),
+            crate::sip::message::Framing::Datagram,
+            65535,
+        )
+        .unwrap()
+        .message
+        else {
+            panic!()
+        };
+        let to = xmpp_parsers::jid::Jid::from_str("juliet@example.com").unwrap();
+        let from =
+            xmpp_parsers::jid::Jid::from_str("romeo\\40example.net@sip.example.com").unwrap();
+        let m = composing_to_xmpp(&req, from, to).unwrap();
+        let x = String::from(&Element::from(m));
+        assert!(
+            x.contains("<active xmlns='http://jabber.org/protocol/chatstates'/>"),
+            "{x}"
+        );
+        assert!(
+            x.contains("<thread>c1</thread>") && !x.contains("<body"),
+            "{x}"
+        );
+    }
+
+    #[test]
     fn the_raw_request_uri_keeps_its_escapes() {
         let uri = rsipstack::sip::parse_uri("sip:romeo%40home@example.net;user=phone").unwrap();
         assert_eq!(raw_uri(&uri), "sip:romeo%40home@example.net;user=phone");
