@@ -253,7 +253,10 @@ impl Edge {
                 }
                 Action::Bye { id, request } => {
                     let sip = self.sip.clone();
-                    let span = self.span(id);
+                    // The session is gone from the core by now: its ids come with the BYE.
+                    let call_id = crate::sip::dialog::header_value(&request.headers, "Call-ID")
+                        .unwrap_or_default();
+                    let span = tracing::info_span!("chat_bye", %call_id, chat = id);
                     tokio::spawn(
                         async move {
                             match sip.send_in_dialog(request).await {
