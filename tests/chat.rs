@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use stox::msrp::conn::{MsrpListener, SessionHandle};
+use stox::msrp::conn::{MsrpListener, PendingSession, SessionHandle};
 use stox::msrp::cpim::{self, Cpim};
 use stox::msrp::frame::TransactionId;
 use stox::msrp::iscomposing::{IsComposing, State, CONTENT_TYPE as ISCOMPOSING};
@@ -48,15 +48,20 @@ impl Peer {
         Peer { listener, uri }
     }
 
-    /// Waits for stox to connect (it is the active side) and returns the session.
-    fn accept(&self, rt: &tokio::runtime::Runtime) -> SessionHandle {
+    /// Registers the session stox will connect to (it is the active side); before anything
+    /// makes stox connect, or its connection would be refused with 481.
+    fn expect(&self) -> PendingSession {
         // The remote path is learnt from stox's first request (From-Path).
         let session = Session::new(self.uri.clone(), Vec::new(), Config::default());
-        let pending = self.listener.expect(session).unwrap();
-        rt.block_on(async { tokio::time::timeout(SECS10, pending.connected()).await })
-            .expect("stox connects over MSRP in time")
-            .unwrap()
+        self.listener.expect(session).unwrap()
     }
+}
+
+/// Waits for stox's connection.
+fn accept(rt: &tokio::runtime::Runtime, pending: PendingSession) -> SessionHandle {
+    rt.block_on(async { tokio::time::timeout(SECS10, pending.connected()).await })
+        .expect("stox connects over MSRP in time")
+        .unwrap()
 }
 
 /// The next message the peer receives, skipping reports and deliveries.
@@ -249,6 +254,7 @@ fn juliet_opens_a_session_and_messages_flow_both_ways() {
     let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
 
     let peer = Peer::new(&rt, "romeo1peer");
+    let pending = peer.expect();
     let uas = Sipp::spawn_uas(
         dir.path(),
         "uas",
@@ -272,7 +278,7 @@ fn juliet_opens_a_session_and_messages_flow_both_ways() {
         "th-1",
         "<body>and a Montague?</body>",
     ));
-    let mut h = peer.accept(&rt);
+    let mut h = accept(&rt, pending);
     let m1 = next_message(&rt, &mut h);
     eprintln!("measured: first message at the MSRP peer {:?} after juliet sent it (INVITE, 200, ACK, MSRP connect)", setup.elapsed());
     assert_eq!(text(&m1), "Art thou not Romeo?");
@@ -376,6 +382,7 @@ fn a_sip_user_opens_a_session_to_juliet_with_cpim() {
     let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
 
     let peer = Peer::new(&rt, "romeo2peer");
+    let pending = peer.expect();
     // Romeo's UA takes only message/cpim: stox must wrap what it sends.
     let uac = Sipp::spawn_uac(
         dir.path(),
@@ -384,7 +391,7 @@ fn a_sip_user_opens_a_session_to_juliet_with_cpim() {
         &format!("127.0.0.1:{}", stox.sip_port),
         &[],
     );
-    let mut h = peer.accept(&rt);
+    let mut h = accept(&rt, pending);
     let wrapped = cpim::wrap(
         &cpim::Address::new(Some("Romeo"), "im:romeo@sip.test"),
         &cpim::Address::new(None, "im:juliet@localhost"),
