@@ -202,6 +202,48 @@ pub struct Config {
     pub dns: DnsConfig,
     pub presence: PresenceConfig,
     pub store: StoreConfig,
+    pub msrp: MsrpConfig,
+    pub chat: ChatConfig,
+}
+
+/// `[msrp]`: the MSRP (RFC 4975) listener of chat sessions. Chat sessions are on only
+/// when `listen` is set; without it type=chat messages go as pager-mode MESSAGEs.
+#[derive(Debug, Clone, Default)]
+pub struct MsrpConfig {
+    pub listen: Option<SocketAddr>,
+    /// The host written in a=path (and SDP c=) when the listen address is not reachable.
+    pub advertise: Option<String>,
+}
+
+/// `[chat]`: limits of chat sessions (RFC 7573).
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    pub max_sessions: usize,
+    pub max_sessions_per_user: usize,
+    /// A session without a message either way for this long is ended with BYE.
+    pub idle_timeout_ms: u64,
+    /// An INVITE without a 2xx and a connected MSRP session by then falls back to MESSAGE.
+    pub setup_timeout_ms: u64,
+    /// How long a conversation whose INVITE was refused stays in pager mode.
+    pub fallback_ms: u64,
+    /// Largest message taken from either side, in bytes (larger ones are refused, 413).
+    pub max_message_size: usize,
+    /// Largest MSRP chunk sent; longer messages are chunked, never truncated.
+    pub chunk_size: usize,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            max_sessions: 1000,
+            max_sessions_per_user: 20,
+            idle_timeout_ms: 600_000,
+            setup_timeout_ms: 32_000,
+            fallback_ms: 3_600_000,
+            max_message_size: 1024 * 1024,
+            chunk_size: 16 * 1024,
+        }
+    }
 }
 
 /// `[presence]`: RFC 7248 subscriptions both ways.
@@ -252,6 +294,29 @@ struct RawConfig {
     presence: RawPresence,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    msrp: RawMsrp,
+    #[serde(default)]
+    chat: RawChat,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMsrp {
+    listen: Option<String>,
+    advertise: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawChat {
+    max_sessions: Option<usize>,
+    max_sessions_per_user: Option<usize>,
+    idle_timeout_ms: Option<u64>,
+    setup_timeout_ms: Option<u64>,
+    fallback_ms: Option<u64>,
+    max_message_size: Option<usize>,
+    chunk_size: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -719,6 +784,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         },
         dns: DnsConfig { nameservers },
         presence: validate_presence(raw.presence)?,
+        msrp: validate_msrp(raw.msrp)?,
+        chat: validate_chat(raw.chat)?,
         store: StoreConfig {
             path: std::path::PathBuf::from(
                 raw.store
@@ -728,6 +795,92 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     .unwrap_or_else(|| "stox.db".into()),
             ),
         },
+    })
+}
+
+fn validate_msrp(raw: RawMsrp) -> Result<MsrpConfig, ConfigError> {
+    let listen = match raw.listen.as_deref().map(str::trim) {
+        None => None,
+        Some(l) => Some(l.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::invalid(
+                "msrp.listen",
+                l,
+                "expected IP:PORT, e.g. \"192.0.2.1:2855\"",
+            )
+        })?),
+    };
+    let advertise = match raw.advertise.map(|a| a.trim().to_string()) {
+        None => None,
+        Some(a) => {
+            let ipv6 = a.parse::<std::net::Ipv6Addr>().is_ok();
+            if a.is_empty() || a.contains([' ', '\t', '/', ';', '@']) || (a.contains(':') && !ipv6)
+            {
+                return Err(ConfigError::invalid(
+                    "msrp.advertise",
+                    &a,
+                    "expected a host name or IP address",
+                ));
+            }
+            Some(a)
+        }
+    };
+    if let Some(l) = listen {
+        if l.ip().is_unspecified() && advertise.is_none() {
+            return Err(ConfigError::new(
+                "msrp.advertise",
+                "is required when msrp.listen is an unspecified address (0.0.0.0 or [::])",
+            ));
+        }
+    }
+    Ok(MsrpConfig { listen, advertise })
+}
+
+fn validate_chat(raw: RawChat) -> Result<ChatConfig, ConfigError> {
+    let d = ChatConfig::default();
+    let at_least = |key: &str, v: u64, min: u64| -> Result<u64, ConfigError> {
+        if v < min {
+            Err(ConfigError::new(key, format!("must be at least {min}")))
+        } else {
+            Ok(v)
+        }
+    };
+    let max_sessions = at_least(
+        "chat.max_sessions",
+        raw.max_sessions.unwrap_or(d.max_sessions) as u64,
+        1,
+    )? as usize;
+    let per_user = at_least(
+        "chat.max_sessions_per_user",
+        raw.max_sessions_per_user.unwrap_or(d.max_sessions_per_user) as u64,
+        1,
+    )? as usize;
+    let chunk_size = raw.chunk_size.unwrap_or(d.chunk_size);
+    if !(64..=1024 * 1024).contains(&chunk_size) {
+        return Err(ConfigError::new(
+            "chat.chunk_size",
+            "must be between 64 and 1048576 bytes",
+        ));
+    }
+    Ok(ChatConfig {
+        max_sessions,
+        max_sessions_per_user: per_user,
+        idle_timeout_ms: at_least(
+            "chat.idle_timeout_ms",
+            raw.idle_timeout_ms.unwrap_or(d.idle_timeout_ms),
+            1000,
+        )?,
+        setup_timeout_ms: at_least(
+            "chat.setup_timeout_ms",
+            raw.setup_timeout_ms.unwrap_or(d.setup_timeout_ms),
+            1000,
+        )?,
+        fallback_ms: raw.fallback_ms.unwrap_or(d.fallback_ms),
+        max_message_size: at_least(
+            "chat.max_message_size",
+            raw.max_message_size.unwrap_or(d.max_message_size) as u64,
+            1024,
+        )? as usize,
+        chunk_size,
     })
 }
 
@@ -1100,6 +1253,36 @@ domains = ["example.com"]
         assert!(e.starts_with("sip.idle_timeout_ms: "), "{e}");
         let e = err(&format!("{MINIMAL}[sip]\nmax_connections = 0\n"));
         assert!(e.starts_with("sip.max_connections: "), "{e}");
+    }
+
+    #[test]
+    fn msrp_and_chat_keys_are_checked() {
+        let base = "[xmpp]\njid = \"sip.example.com\"\nserver = \"127.0.0.1:5347\"\nsecret = \"s\"\ndomains = [\"example.com\"]\n";
+        let c = Config::parse(base).unwrap();
+        assert!(c.msrp.listen.is_none());
+        assert_eq!(c.chat.chunk_size, 16384);
+        let c = Config::parse(&format!(
+            "{base}[msrp]\nlisten = \"127.0.0.1:2855\"\n[chat]\nidle_timeout_ms = 5000\n"
+        ))
+        .unwrap();
+        assert_eq!(c.msrp.listen, Some("127.0.0.1:2855".parse().unwrap()));
+        assert_eq!(c.chat.idle_timeout_ms, 5000);
+        let e = Config::parse(&format!("{base}[msrp]\nlisten = \"nowhere\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("msrp.listen: "), "{e}");
+        let e = Config::parse(&format!("{base}[msrp]\nlisten = \"0.0.0.0:2855\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("msrp.advertise: "), "{e}");
+        let e = Config::parse(&format!("{base}[chat]\nchunk_size = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("chat.chunk_size: "), "{e}");
+        let e = Config::parse(&format!("{base}[chat]\nmax_session = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chat.max_session"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use xmpp_parsers::stanza::Stanza;
 
 use crate::address::{AddressError, AddressMap};
+use crate::chat::ChatHandle;
 use crate::config::Config;
 use crate::im::Im;
 use crate::presence::PresenceHandle;
@@ -26,6 +27,8 @@ pub enum RunError {
     Address(#[from] AddressError),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("cannot bind msrp.listen: {0}")]
+    Msrp(std::io::Error),
 }
 
 /// What a running gateway exposes to its caller (tests use it to wait for the link).
@@ -74,8 +77,22 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
     );
     let presence = crate::presence::start(&config, addresses.clone(), sip.clone(), xmpp.clone())?;
     let im = Arc::new(Im::new(addresses.clone(), sip.clone(), xmpp.clone()));
-    tokio::spawn(route_xmpp(inbound, im.clone(), presence.clone()));
-    tokio::spawn(route_sip(sip_requests, im, presence));
+    let chat = crate::chat::start(
+        &config,
+        addresses.clone(),
+        sip.clone(),
+        xmpp.clone(),
+        im.clone(),
+    )
+    .await
+    .map_err(RunError::Msrp)?;
+    tokio::spawn(route_xmpp(
+        inbound,
+        im.clone(),
+        presence.clone(),
+        chat.clone(),
+    ));
+    tokio::spawn(route_sip(sip_requests, im, presence, chat));
     let registration = config.sip.register.as_ref().map(|r| {
         let transport = config
             .sip
@@ -92,7 +109,12 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
     })
 }
 
-async fn route_xmpp(mut inbound: mpsc::Receiver<Stanza>, im: Arc<Im>, presence: PresenceHandle) {
+async fn route_xmpp(
+    mut inbound: mpsc::Receiver<Stanza>,
+    im: Arc<Im>,
+    presence: PresenceHandle,
+    chat: Option<ChatHandle>,
+) {
     while let Some(stanza) = inbound.recv().await {
         match stanza {
             Stanza::Iq(iq) => {
@@ -100,9 +122,13 @@ async fn route_xmpp(mut inbound: mpsc::Receiver<Stanza>, im: Arc<Im>, presence: 
                     im.xmpp.send(reply);
                 }
             }
-            Stanza::Message(m) => {
-                tokio::spawn(im.clone().from_xmpp(m));
-            }
+            Stanza::Message(m) => match &chat {
+                // type=chat are chat sessions (RFC 7573) when [msrp] is configured.
+                Some(c) if m.type_ == xmpp_parsers::message::MessageType::Chat => c.xmpp(m),
+                _ => {
+                    tokio::spawn(im.clone().from_xmpp(m));
+                }
+            },
             Stanza::Presence(p) => presence.xmpp(p),
         }
     }
@@ -112,9 +138,15 @@ async fn route_sip(
     mut requests: mpsc::Receiver<IncomingRequest>,
     im: Arc<Im>,
     presence: PresenceHandle,
+    chat: Option<ChatHandle>,
 ) {
     while let Some(incoming) = requests.recv().await {
         match incoming.request.method {
+            Method::Invite | Method::Ack | Method::Bye | Method::Cancel if chat.is_some() => {
+                if let Some(c) = &chat {
+                    c.sip(incoming);
+                }
+            }
             Method::Message => {
                 tokio::spawn(im.clone().from_sip(incoming));
             }

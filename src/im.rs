@@ -19,11 +19,13 @@ use xmpp_parsers::stanza_error::{DefinedCondition, StanzaError};
 use crate::address::{AddressMap, SipAddress};
 use crate::mapping::error::{stanza_error, stanza_error_for_sip};
 use crate::mapping::message::{self as mm, MapError};
+use crate::msrp::iscomposing::{self, IsComposing};
 use crate::sip::core::random_token;
 use crate::sip::dialog::uri_of;
 use crate::sip::endpoint::{IncomingRequest, SipError, SipHandle};
 use crate::sip::message::{raw_uri, response_to};
 use crate::xmpp::link::XmppLink;
+use xmpp_parsers::chatstates::ChatState;
 
 /// What both directions share.
 pub struct Im {
@@ -92,7 +94,20 @@ impl Im {
                 .as_ref()
                 .and_then(|t| mm::thread_to_call_id(&t.id))
                 .unwrap_or_else(|| format!("{}@{}", random_token(20), self.addresses.component()));
-            let request = match mm::xmpp_to_sip(&msg, &sender, &target, &call_id, self.next_cseq(), &random_token(10)) {
+            let mapped = match composing_to_sip(&msg) {
+                // RFC 7573 section 5 in pager mode: a body-less chat state as isComposing.
+                Some(xml) => mm::xmpp_to_sip(&with_body(&msg, xml), &sender, &target, &call_id, self.next_cseq(), &random_token(10))
+                    .map(|mut r| {
+                        for h in r.headers.iter_mut() {
+                            if let Header::ContentType(c) = h {
+                                *c = rsipstack::sip::ContentType::new(iscomposing::CONTENT_TYPE);
+                            }
+                        }
+                        r
+                    }),
+                None => mm::xmpp_to_sip(&msg, &sender, &target, &call_id, self.next_cseq(), &random_token(10)),
+            };
+            let request = match mapped {
                 Ok(r) => r,
                 Err(MapError::NoBody) => {
                     tracing::debug!("Message without a body; nothing to send in pager mode.");
@@ -194,7 +209,11 @@ impl Im {
                 }
             };
             let id = random_token(16);
-            let msg = match mm::sip_to_xmpp(&request, sender, target, id.clone()) {
+            let msg = match composing_to_xmpp(&request, sender.clone(), target.clone()) {
+                Some(m) => Ok(m),
+                None => mm::sip_to_xmpp(&request, sender, target, id.clone()),
+            };
+            let msg = match msg {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::info!(error = %e, "MESSAGE body cannot be carried to XMPP.");
@@ -254,5 +273,121 @@ impl Im {
             r
         };
         incoming.responder.respond(r);
+    }
+}
+
+/// A body-less message with a chat state other than `gone` as an isComposing document
+/// (RFC 7573 Table 4); `None` for anything else.
+fn composing_to_sip(msg: &Message) -> Option<String> {
+    if msg.get_best_body(vec![]).is_some() {
+        return None;
+    }
+    let state = msg
+        .payloads
+        .iter()
+        .find_map(|p| ChatState::try_from(p.clone()).ok())?;
+    let s = iscomposing::xmpp_to_sip(&state)?;
+    let mut ic = IsComposing::new(s);
+    if s == iscomposing::State::Active {
+        ic.refresh = Some(60);
+        ic.contenttype = Some("text/plain".into());
+    }
+    Some(ic.to_xml())
+}
+
+fn with_body(msg: &Message, body: String) -> Message {
+    let mut m = msg.clone();
+    m.bodies.clear();
+    m.bodies.insert(String::new().into(), body);
+    m
+}
+
+/// A MESSAGE carrying isComposing (RFC 3994) as a body-less chat-state message
+/// (RFC 7573 Table 3); `None` for other content types or a document that does not parse.
+fn composing_to_xmpp(
+    request: &rsipstack::sip::Request,
+    from: xmpp_parsers::jid::Jid,
+    to: xmpp_parsers::jid::Jid,
+) -> Option<Message> {
+    let ct = crate::sip::dialog::header_value(&request.headers, "Content-Type")?;
+    let essence = ct.split(';').next()?.trim();
+    if !essence.eq_ignore_ascii_case(iscomposing::CONTENT_TYPE) {
+        return None;
+    }
+    let ic = IsComposing::parse(std::str::from_utf8(&request.body).ok()?).ok()?;
+    let mut m = Message::new(Some(to));
+    m.from = Some(from);
+    m.type_ = MessageType::Chat;
+    if let Ok(call_id) = request.call_id_header() {
+        m.thread = Some(xmpp_parsers::message::Thread {
+            parent: None,
+            id: mm::xml_safe(call_id.value()).into_owned(),
+        });
+    }
+    m.payloads.push(iscomposing::sip_to_xmpp(ic.state).into());
+    Some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_states_and_iscomposing_map_in_pager_mode() {
+        use std::str::FromStr;
+        let m = Message::try_from(
+            Element::from_str(
+                "<message xmlns='jabber:component:accept' type='chat' to='romeo\\40example.net@sip.example.com'>\
+                 <composing xmlns='http://jabber.org/protocol/chatstates'/></message>",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let xml = composing_to_sip(&m).unwrap();
+        assert_eq!(
+            IsComposing::parse(&xml).unwrap().state,
+            iscomposing::State::Active
+        );
+        let mut gone = m.clone();
+        gone.payloads = vec![ChatState::Gone.into()];
+        assert!(composing_to_sip(&gone).is_none());
+
+        let body = IsComposing::new(iscomposing::State::Idle).to_xml();
+        let text = format!(
+            "MESSAGE sip:juliet@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7;branch=z9hG4bK1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:romeo@example.net>;tag=1\r\nTo: <sip:juliet@example.com>\r\n\
+             Call-ID: c1\r\nCSeq: 1 MESSAGE\r\nContent-Type: application/im-iscomposing+xml\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let rsipstack::sip::SipMessage::Request(req) = crate::sip::message::parse(
+            text.as_bytes(),
+            crate::sip::message::Framing::Datagram,
+            65535,
+        )
+        .unwrap()
+        .message
+        else {
+            panic!()
+        };
+        let to = xmpp_parsers::jid::Jid::from_str("juliet@example.com").unwrap();
+        let from =
+            xmpp_parsers::jid::Jid::from_str("romeo\\40example.net@sip.example.com").unwrap();
+        let m = composing_to_xmpp(&req, from, to).unwrap();
+        let x = String::from(&Element::from(m));
+        assert!(
+            x.contains("<active xmlns='http://jabber.org/protocol/chatstates'/>"),
+            "{x}"
+        );
+        assert!(
+            x.contains("<thread>c1</thread>") && !x.contains("<body"),
+            "{x}"
+        );
+    }
+
+    #[test]
+    fn the_raw_request_uri_keeps_its_escapes() {
+        let uri = rsipstack::sip::parse_uri("sip:romeo%40home@example.net;user=phone").unwrap();
+        assert_eq!(raw_uri(&uri), "sip:romeo%40home@example.net;user=phone");
     }
 }

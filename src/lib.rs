@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the module map.
 
 pub mod address;
+pub mod chat;
 pub mod config;
 pub mod gateway;
 pub mod im;

@@ -379,7 +379,15 @@ async fn route(mut stream: TcpStream, registry: Arc<Mutex<Registry>>) -> Result<
         }
     };
     match claimed {
-        Ok((id, e)) => {
+        Ok((id, mut e)) => {
+            // An offerer that lets the answerer connect (a=setup:actpass answered active)
+            // may see the connection before the answer's a=path reaches it: the first
+            // request, sent to our unguessable session-id, names the peer's path.
+            if e.session.remote().is_empty() {
+                if let Some(path) = headers.from_path() {
+                    e.session.set_remote(path.clone());
+                }
+            }
             let handle = spawn_bound(
                 stream,
                 seen.freeze(),
@@ -539,6 +547,40 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_session_expected_without_the_peers_path_learns_it_from_the_first_request() {
+        // An offerer whose actpass was answered active sees the connection before the
+        // answer: its session has no remote path yet.
+        let listener = MsrpListener::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let port = listener.local_addr().port();
+        let bob_uri = uri(&format!("msrp://127.0.0.1:{port}/bobs3ss10n;tcp"));
+        let alice_uri = uri("msrp://127.0.0.1:9/al1ces3ss10n;tcp");
+        let pending = listener
+            .expect(Session::new(bob_uri.clone(), Vec::new(), Config::default()))
+            .unwrap();
+        let alice = Session::new(alice_uri, vec![bob_uri], Config::default());
+        let mut alice = connect("127.0.0.1", port, alice).await.unwrap();
+        let bob = tokio::time::timeout(Duration::from_secs(10), pending.connected())
+            .await
+            .unwrap()
+            .unwrap();
+        bob.send(Outgoing::new("text/plain", "hello alice"))
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(Event::Message(m)) = alice.next_event().await {
+                    return m;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(&got.body[..], b"hello alice");
     }
 
     #[tokio::test]

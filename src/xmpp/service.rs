@@ -17,18 +17,34 @@ use crate::mapping::error::stanza_error;
 /// XEP-0100's namespace for translating legacy addresses into JIDs.
 pub const NS_GATEWAY: &str = "jabber:iq:gateway";
 
-/// The features the component really supports, as advertised in disco#info.
+/// Set once chat sessions (RFC 7573) run: delivery receipts (XEP-0184) are then real.
+static RECEIPTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Chat sessions are on: advertise XEP-0184 receipts from now on.
+pub fn enable_receipts() {
+    RECEIPTS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The features the component really supports, as advertised in disco#info. Chat states
+/// (XEP-0085) map to isComposing both in pager mode and in chat sessions; receipts only
+/// in chat sessions (MSRP success reports). XHTML-IM is not taken from XMPP, so it is not
+/// advertised.
 pub fn features() -> BTreeSet<String> {
-    [
+    let mut f: BTreeSet<String> = [
         ns::DISCO_INFO,
         ns::DISCO_ITEMS,
         ns::PING,
         ns::VERSION,
         NS_GATEWAY,
+        ns::CHATSTATES,
     ]
     .into_iter()
     .map(String::from)
-    .collect()
+    .collect();
+    if RECEIPTS.load(std::sync::atomic::Ordering::Relaxed) {
+        f.insert(ns::RECEIPTS.to_string());
+    }
+    f
 }
 
 /// The answer to an iq addressed to the component or one of its JIDs, if one is due.

@@ -45,7 +45,8 @@ class Client(slixmpp.ClientXMPP):
         await self.get_roster()
         self.send_presence()
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
+        # Commands may carry large bodies (a 100 KiB chat message): no 64 KiB line limit.
+        reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         out("READY " + str(self.boundjid))
         while True:

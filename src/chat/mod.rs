@@ -1,0 +1,466 @@
+//! Chat sessions (RFC 7573): the sans-IO [`core`] and its tokio edge, which owns the MSRP
+//! listener, runs INVITE transactions and MSRP connections, and feeds their results back.
+//!
+//! ```text
+//!   gateway ─ ChatHandle::xmpp/sip ─> run loop ─ ChatCore ─ poll_action ─> SipHandle (INVITE, ACK, BYE)
+//!                                        ^                             ─> msrp worker per session
+//!                                        └── Internal (responses, MSRP up/events) ─> XmppLink / Im (pager)
+//! ```
+
+pub mod core;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+use xmpp_parsers::message::Message;
+
+use self::core::{Action, ChatCore, ChatId, ChatSettings};
+use crate::address::AddressMap;
+use crate::config::Config;
+use crate::im::Im;
+use crate::msrp::conn::{self, MsrpListener, SessionHandle};
+use crate::msrp::session::{Event as MsrpEvent, Outgoing};
+use crate::sip::endpoint::{ClientEvent, IncomingRequest, SipError, SipHandle};
+use crate::sip::message::response_to;
+use crate::xmpp::link::XmppLink;
+
+#[allow(clippy::large_enum_variant)] // one per stanza or request, short-lived
+pub enum Input {
+    Xmpp(Message),
+    Sip(IncomingRequest),
+}
+
+/// The chat task's handle: cheap to clone, never blocks the caller.
+#[derive(Clone)]
+pub struct ChatHandle {
+    tx: mpsc::Sender<Input>,
+}
+
+impl ChatHandle {
+    pub fn xmpp(&self, m: Message) {
+        if self.tx.try_send(Input::Xmpp(m)).is_err() {
+            tracing::warn!("Chat queue full; a chat message was dropped.");
+        }
+    }
+
+    pub fn sip(&self, incoming: IncomingRequest) {
+        if let Err(e) = self.tx.try_send(Input::Sip(incoming)) {
+            let (mpsc::error::TrySendError::Full(Input::Sip(i))
+            | mpsc::error::TrySendError::Closed(Input::Sip(i))) = e
+            else {
+                return;
+            };
+            let mut r = response_to(&i.request, 503, None, "");
+            r.headers.push(rsipstack::sip::headers::make_header(
+                "Retry-After",
+                "5".into(),
+            ));
+            i.responder.respond(r);
+        }
+    }
+}
+
+enum Internal {
+    InviteResponse(ChatId, rsipstack::sip::Response),
+    InviteFailed(ChatId, bool),
+    InviteEnded(ChatId),
+    MsrpUp(ChatId, u64),
+    MsrpFailed(ChatId, u64),
+    MsrpEvent(ChatId, u64, MsrpEvent),
+}
+
+enum InviteCmd {
+    Cancel,
+    Ack(Box<rsipstack::sip::Request>),
+}
+
+enum MsrpCmd {
+    Send(Outgoing),
+    Close,
+}
+
+pub fn settings(config: &Config, contact_host: String, msrp: SocketAddr) -> ChatSettings {
+    let c = &config.chat;
+    ChatSettings {
+        max_sessions: c.max_sessions,
+        max_per_user: c.max_sessions_per_user,
+        idle_timeout: Duration::from_millis(c.idle_timeout_ms),
+        setup_timeout: Duration::from_millis(c.setup_timeout_ms),
+        fallback_for: Duration::from_millis(c.fallback_ms),
+        max_message_size: c.max_message_size,
+        chunk_size: c.chunk_size,
+        contact_host,
+        msrp_host: config
+            .msrp
+            .advertise
+            .clone()
+            .unwrap_or_else(|| match msrp.ip() {
+                std::net::IpAddr::V6(a) => format!("[{a}]"),
+                a => a.to_string(),
+            }),
+        msrp_port: msrp.port(),
+        msrp_ip: config
+            .msrp
+            .advertise
+            .as_deref()
+            .and_then(|a| a.trim_matches(['[', ']']).parse().ok())
+            .unwrap_or(msrp.ip()),
+    }
+}
+
+/// Binds `[msrp] listen` and starts the chat task; `None` when chat sessions are off.
+pub async fn start(
+    config: &Config,
+    addresses: Arc<AddressMap>,
+    sip: SipHandle,
+    xmpp: XmppLink,
+    im: Arc<Im>,
+) -> std::io::Result<Option<ChatHandle>> {
+    let Some(addr) = config.msrp.listen else {
+        return Ok(None);
+    };
+    let listener = MsrpListener::bind(addr).await?;
+    let local = listener.local_addr();
+    tracing::info!(%local, "MSRP listening.");
+    crate::xmpp::service::enable_receipts();
+    let contact = sip.contact_host().unwrap_or("127.0.0.1").to_string();
+    let core = ChatCore::new(settings(config, contact, local), addresses);
+    let (tx, rx) = mpsc::channel(8192);
+    tokio::spawn(
+        Edge {
+            core,
+            listener,
+            sip,
+            xmpp,
+            im,
+            invites: HashMap::new(),
+            msrp: HashMap::new(),
+            pagers: HashMap::new(),
+            generation: 0,
+        }
+        .run(rx),
+    );
+    Ok(Some(ChatHandle { tx }))
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+struct Edge {
+    core: ChatCore,
+    listener: MsrpListener,
+    sip: SipHandle,
+    xmpp: XmppLink,
+    im: Arc<Im>,
+    invites: HashMap<ChatId, mpsc::UnboundedSender<InviteCmd>>,
+    /// The MSRP worker of each session, with its generation (a reconnect replaces it).
+    msrp: HashMap<ChatId, (u64, mpsc::UnboundedSender<MsrpCmd>)>,
+    /// One sequential sender per conversation in pager mode, so nothing is reordered.
+    pagers: HashMap<String, mpsc::UnboundedSender<Message>>,
+    generation: u64,
+}
+
+impl Edge {
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+        let (itx, mut irx) = mpsc::unbounded_channel::<Internal>();
+        loop {
+            self.drain(&itx);
+            let deadline = self.core.poll_timeout().map(Instant::from_std);
+            tokio::select! {
+                input = rx.recv() => {
+                    let Some(input) = input else { return };
+                    match input {
+                        Input::Xmpp(m) => self.core.handle_xmpp(now(), m),
+                        Input::Sip(i) => {
+                            let call_id = crate::sip::dialog::header_value(&i.request.headers, "Call-ID").unwrap_or_default();
+                            let span = tracing::info_span!("chat_sip", %call_id, method = %i.request.method);
+                            let _g = span.enter();
+                            let response = self.core.handle_sip_request(now(), &i.request);
+                            // The MSRP expectation is registered before the 200 goes out.
+                            self.drain(&itx);
+                            if let Some(r) = response {
+                                i.responder.respond(r);
+                            }
+                        }
+                    }
+                }
+                Some(ev) = irx.recv() => self.internal(ev),
+                _ = sleep_until(deadline), if deadline.is_some() => self.core.handle_timeout(now()),
+            }
+        }
+    }
+
+    fn internal(&mut self, ev: Internal) {
+        let current =
+            |s: &Self, id: ChatId, gen: u64| s.msrp.get(&id).is_some_and(|(g, _)| *g == gen);
+        match ev {
+            Internal::InviteResponse(id, r) => self.core.handle_invite_response(now(), id, &r),
+            Internal::InviteFailed(id, timeout) => {
+                self.invites.remove(&id);
+                self.core.handle_invite_failed(now(), id, timeout)
+            }
+            Internal::InviteEnded(id) => {
+                self.invites.remove(&id);
+                self.core.handle_invite_ended(id)
+            }
+            Internal::MsrpUp(id, gen) if current(self, id, gen) => {
+                self.core.handle_msrp_up(now(), id)
+            }
+            Internal::MsrpFailed(id, gen) if current(self, id, gen) => {
+                self.msrp.remove(&id);
+                self.core.handle_msrp_failed(now(), id)
+            }
+            Internal::MsrpEvent(id, gen, e) if current(self, id, gen) => {
+                self.core.handle_msrp_event(now(), id, e)
+            }
+            _ => {}
+        }
+    }
+
+    fn span(&self, id: ChatId) -> tracing::Span {
+        let (call_id, msrp_session) = self.core.ids(id).unwrap_or_default();
+        tracing::info_span!("chat", %call_id, %msrp_session)
+    }
+
+    fn drain(&mut self, itx: &mpsc::UnboundedSender<Internal>) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Stanza(m) => self.xmpp.send(m),
+                Action::Pager { key, message } => self.pager(key, message),
+                Action::Invite { id, request } => {
+                    let (ctx, crx) = mpsc::unbounded_channel();
+                    self.invites.insert(id, ctx);
+                    let span = self.span(id);
+                    tokio::spawn(
+                        invite(self.sip.clone(), id, request, crx, itx.clone()).instrument(span),
+                    );
+                }
+                Action::Cancel { id } => {
+                    if let Some(c) = self.invites.get(&id) {
+                        let _ = c.send(InviteCmd::Cancel);
+                    }
+                }
+                Action::Ack { id, request } => {
+                    if let Some(c) = self.invites.get(&id) {
+                        let _ = c.send(InviteCmd::Ack(Box::new(request)));
+                    }
+                }
+                Action::Bye { id, request } => {
+                    let sip = self.sip.clone();
+                    // The session is gone from the core by now: its ids come with the BYE.
+                    let call_id = crate::sip::dialog::header_value(&request.headers, "Call-ID")
+                        .unwrap_or_default();
+                    let span = tracing::info_span!("chat_bye", %call_id, chat = id);
+                    tokio::spawn(
+                        async move {
+                            match sip.send_in_dialog(request).await {
+                                Ok(r) => {
+                                    tracing::debug!(status = r.status_code.code(), "BYE answered.")
+                                }
+                                Err(e) => tracing::debug!(error = %e, "BYE failed."),
+                            }
+                        }
+                        .instrument(span),
+                    );
+                }
+                Action::MsrpExpect { id, session } => {
+                    let session_id = session.local().session_id.clone().unwrap_or_default();
+                    match self.listener.expect(session) {
+                        Ok(pending) => {
+                            self.worker(
+                                id,
+                                itx,
+                                session_id,
+                                async move { pending.connected().await },
+                            )
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "MSRP session not registered.");
+                            self.core.handle_msrp_failed(now(), id);
+                        }
+                    }
+                }
+                Action::MsrpConnect {
+                    id,
+                    session,
+                    host,
+                    port,
+                } => {
+                    let session_id = session.local().session_id.clone().unwrap_or_default();
+                    self.worker(id, itx, session_id, async move {
+                        conn::connect(&host, port, session).await
+                    });
+                }
+                Action::MsrpSend { id, message } => {
+                    if let Some((_, c)) = self.msrp.get(&id) {
+                        let _ = c.send(MsrpCmd::Send(message));
+                    }
+                }
+                Action::MsrpClose { id } => {
+                    if let Some((_, c)) = self.msrp.remove(&id) {
+                        let _ = c.send(MsrpCmd::Close);
+                    }
+                }
+                Action::MsrpDrop { id } => {
+                    self.msrp.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn worker<F>(
+        &mut self,
+        id: ChatId,
+        itx: &mpsc::UnboundedSender<Internal>,
+        msrp_session: String,
+        setup: F,
+    ) where
+        F: std::future::Future<Output = Result<SessionHandle, conn::ConnError>> + Send + 'static,
+    {
+        self.generation += 1;
+        let gen = self.generation;
+        let (ctx, crx) = mpsc::unbounded_channel();
+        self.msrp.insert(id, (gen, ctx));
+        let (call_id, _) = self.core.ids(id).unwrap_or_default();
+        let span = tracing::info_span!("chat_msrp", %call_id, %msrp_session);
+        tokio::spawn(msrp_worker(id, gen, setup, crx, itx.clone()).instrument(span));
+    }
+
+    fn pager(&mut self, key: String, message: Message) {
+        let message = match self.pagers.get(&key) {
+            Some(tx) => match tx.send(message) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(m)) => m,
+            },
+            None => message,
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let _ = tx.send(message);
+        self.pagers.insert(key, tx);
+        self.pagers.retain(|_, t| !t.is_closed());
+        let im = self.im.clone();
+        tokio::spawn(async move {
+            // One after the other; the worker ends after a quiet minute.
+            while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+                im.clone().from_xmpp(m).await;
+            }
+        });
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn invite(
+    sip: SipHandle,
+    id: ChatId,
+    request: rsipstack::sip::Request,
+    mut commands: mpsc::UnboundedReceiver<InviteCmd>,
+    itx: mpsc::UnboundedSender<Internal>,
+) {
+    let (mut client, first) = match sip.invite(request, false).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::info!(error = %e, "INVITE failed.");
+            let _ = itx.send(Internal::InviteFailed(id, matches!(e, SipError::Timeout)));
+            return;
+        }
+    };
+    let _ = itx.send(Internal::InviteResponse(id, first));
+    let mut cancelled = false;
+    loop {
+        tokio::select! {
+            ev = client.events.recv() => match ev {
+                Some(ClientEvent::Response(r)) => { let _ = itx.send(Internal::InviteResponse(id, r)); }
+                Some(ClientEvent::Failed(e)) => {
+                    tracing::info!(error = %e, "INVITE failed.");
+                    let _ = itx.send(Internal::InviteFailed(id, matches!(e, SipError::Timeout)));
+                    break;
+                }
+                None => {
+                    let _ = itx.send(Internal::InviteEnded(id));
+                    break;
+                }
+            },
+            cmd = commands.recv(), if !cancelled => match cmd {
+                Some(InviteCmd::Cancel) => client.cancel(),
+                Some(InviteCmd::Ack(ack)) => sip.ack(*ack, &client.target).await,
+                None => cancelled = true,
+            },
+        }
+    }
+    // ACKs for 2xx that came with the last events.
+    while let Ok(InviteCmd::Ack(ack)) = commands.try_recv() {
+        sip.ack(*ack, &client.target).await;
+    }
+}
+
+async fn msrp_worker<F>(
+    id: ChatId,
+    gen: u64,
+    setup: F,
+    mut commands: mpsc::UnboundedReceiver<MsrpCmd>,
+    itx: mpsc::UnboundedSender<Internal>,
+) where
+    F: std::future::Future<Output = Result<SessionHandle, conn::ConnError>>,
+{
+    // Dropped by the core (or replaced): stop waiting; dropping the future unregisters.
+    let handle = tokio::select! {
+        r = setup => r,
+        _ = wait_closed(&mut commands) => return,
+    };
+    let mut handle = match handle {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::info!(error = %e, "MSRP connection not set up.");
+            let _ = itx.send(Internal::MsrpFailed(id, gen));
+            return;
+        }
+    };
+    tracing::debug!("MSRP connection up.");
+    let _ = itx.send(Internal::MsrpUp(id, gen));
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(MsrpCmd::Send(m)) => {
+                    if let Err(e) = handle.send(m).await {
+                        tracing::info!(error = %e, "MSRP send refused.");
+                    }
+                }
+                Some(MsrpCmd::Close) | None => {
+                    let _ = tokio::time::timeout(Duration::from_secs(30), handle.close()).await;
+                    return;
+                }
+            },
+            ev = handle.next_event() => match ev {
+                Some(e) => { let _ = itx.send(Internal::MsrpEvent(id, gen, e)); }
+                None => {
+                    tracing::info!("MSRP connection ended.");
+                    let _ = itx.send(Internal::MsrpFailed(id, gen));
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// Resolves when the channel is closed, keeping any commands sent before the session is up.
+async fn wait_closed(commands: &mut mpsc::UnboundedReceiver<MsrpCmd>) {
+    // Commands only come once the core saw the session up, so none is lost here; a
+    // Close before that is as good as a drop.
+    while let Some(cmd) = commands.recv().await {
+        if matches!(cmd, MsrpCmd::Close) {
+            return;
+        }
+    }
+}

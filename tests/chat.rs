@@ -1,0 +1,488 @@
+//! Chat sessions (RFC 7573) through a real Prosody, the slixmpp client and SIPp for
+//! INVITE/ACK/BYE, with a small RFC 4975 peer built from stox::msrp on the MSRP side
+//! (SIPp cannot speak MSRP). Loopback only.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use stox::msrp::conn::{MsrpListener, PendingSession, SessionHandle};
+use stox::msrp::cpim::{self, Cpim};
+use stox::msrp::frame::TransactionId;
+use stox::msrp::iscomposing::{IsComposing, State, CONTENT_TYPE as ISCOMPOSING};
+use stox::msrp::session::{Config, Event, Outgoing, Received, Session};
+use stox::msrp::uri::MsrpUri;
+
+const SECS10: Duration = Duration::from_secs(10);
+const ROMEO: &str = "romeo\\40sip.test@sip.localhost";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn stox_extra(uas_port: u16, msrp_port: u16) -> String {
+    format!(
+        "[sip.routes]\n\"sip.test\" = \"sip:127.0.0.1:{uas_port};transport=udp\"\n\
+         [msrp]\nlisten = \"127.0.0.1:{msrp_port}\"\n[chat]\nchunk_size = 16384\n"
+    )
+}
+
+/// The MSRP peer's listener and the session it waits for.
+struct Peer {
+    listener: MsrpListener,
+    uri: MsrpUri,
+}
+
+impl Peer {
+    fn new(rt: &tokio::runtime::Runtime, session_id: &str) -> Peer {
+        let listener = rt
+            .block_on(MsrpListener::bind("127.0.0.1:0".parse().unwrap()))
+            .unwrap();
+        let uri = MsrpUri::new("127.0.0.1", listener.local_addr().port(), session_id);
+        Peer { listener, uri }
+    }
+
+    /// Registers the session stox will connect to (it is the active side); before anything
+    /// makes stox connect, or its connection would be refused with 481.
+    fn expect(&self) -> PendingSession {
+        // The remote path is learnt from stox's first request (From-Path).
+        let session = Session::new(self.uri.clone(), Vec::new(), Config::default());
+        self.listener.expect(session).unwrap()
+    }
+}
+
+/// Waits for stox's connection.
+fn accept(rt: &tokio::runtime::Runtime, pending: PendingSession) -> SessionHandle {
+    rt.block_on(async { tokio::time::timeout(SECS10, pending.connected()).await })
+        .expect("stox connects over MSRP in time")
+        .unwrap()
+}
+
+/// The next message the peer receives, skipping reports and deliveries.
+fn next_message(rt: &tokio::runtime::Runtime, h: &mut SessionHandle) -> Received {
+    rt.block_on(async {
+        loop {
+            match tokio::time::timeout(SECS10, h.next_event()).await {
+                Ok(Some(Event::Message(m))) => return m,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("MSRP connection closed"),
+                Err(_) => panic!("no MSRP message within 10 s"),
+            }
+        }
+    })
+}
+
+fn send(rt: &tokio::runtime::Runtime, h: &SessionHandle, out: Outgoing) {
+    rt.block_on(h.send(out)).unwrap();
+}
+
+fn sdp(uri: &MsrpUri, setup: &str, types: &str) -> String {
+    format!(
+        "v=0\r\no=romeo 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=message {} TCP/MSRP *\r\na=accept-types:{types}\r\n\
+         a=accept-wrapped-types:text/plain application/im-iscomposing+xml\r\n\
+         a=path:{uri}\r\na=setup:{setup}\r\n",
+        uri.port_or_default()
+    )
+}
+
+/// SIPp as romeo's UA: takes the INVITE, answers 200 with our peer's SDP, waits for
+/// the ACK and then for stox's BYE.
+fn invite_uas(answer_sdp: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="chat-uas">
+  <recv request="INVITE" />
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:romeo@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+{answer_sdp}]]>
+  </send>
+  <recv request="ACK" />
+  <recv request="BYE" />
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]>
+  </send>
+</scenario>
+"#
+    )
+}
+
+/// SIPp as romeo's UA calling juliet: INVITE with `offer`, ACK the 200, then wait for
+/// stox's BYE.
+fn invite_uac(offer: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="chat-uac">
+  <send retrans="500">
+    <![CDATA[
+INVITE sip:juliet@localhost SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+Max-Forwards: 70
+From: <sip:romeo@sip.test>;tag=[pid]SIPpTag00[call_number]
+To: <sip:juliet@localhost>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:romeo@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+{offer}]]>
+  </send>
+  <recv response="100" optional="true" />
+  <recv response="200" rtd="true" />
+  <send>
+    <![CDATA[
+ACK sip:juliet@localhost SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+Max-Forwards: 70
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+CSeq: 1 ACK
+Content-Length: 0
+
+]]>
+  </send>
+  <recv request="BYE" />
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]>
+  </send>
+</scenario>
+"#
+    )
+}
+
+/// SIPp refusing the INVITE with 488, then taking `n` MESSAGEs.
+fn refuse_then_messages(n: usize) -> String {
+    let mut s = String::from(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="chat-488">
+  <recv request="INVITE" />
+  <send>
+    <![CDATA[
+SIP/2.0 488 Not Acceptable Here
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]>
+  </send>
+  <recv request="ACK" />
+"#,
+    );
+    for _ in 0..n {
+        s.push_str(
+            r#"  <recv request="MESSAGE" />
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag02[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]>
+  </send>
+"#,
+        );
+    }
+    s.push_str("</scenario>\n");
+    s
+}
+
+fn chat_xml(id: &str, thread: &str, inner: &str) -> String {
+    format!(
+        "<message to='{ROMEO}' type='chat' id='{id}'>{inner}<thread>{thread}</thread></message>"
+    )
+}
+
+fn text(r: &Received) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+#[test]
+fn juliet_opens_a_session_and_messages_flow_both_ways() {
+    let dir = temp_dir();
+    let rt = rt();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let (uas_port, msrp_port) = (free_port(), free_port());
+    let stox = Stox::start(
+        dir.path(),
+        prosody.component_port,
+        &stox_extra(uas_port, msrp_port),
+    );
+    stox.wait_online(1);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+
+    let peer = Peer::new(&rt, "romeo1peer");
+    let pending = peer.expect();
+    let uas = Sipp::spawn_uas(
+        dir.path(),
+        "uas",
+        &invite_uas(&sdp(
+            &peer.uri,
+            "passive",
+            "text/plain application/im-iscomposing+xml",
+        )),
+        uas_port,
+        1,
+    );
+    // Two messages before any session exists: queued, then sent in order.
+    let setup = std::time::Instant::now();
+    juliet.send_raw(&chat_xml(
+        "msg-0001",
+        "th-1",
+        "<body>Art thou not Romeo?</body><request xmlns='urn:xmpp:receipts'/>",
+    ));
+    juliet.send_raw(&chat_xml(
+        "msg-0002",
+        "th-1",
+        "<body>and a Montague?</body>",
+    ));
+    let mut h = accept(&rt, pending);
+    let m1 = next_message(&rt, &mut h);
+    eprintln!("measured: first message at the MSRP peer {:?} after juliet sent it (INVITE, 200, ACK, MSRP connect)", setup.elapsed());
+    assert_eq!(text(&m1), "Art thou not Romeo?");
+    assert_eq!(m1.transaction_id.as_str(), "msg-0001");
+    assert_eq!(m1.message_id.as_str(), "msg-0001");
+    assert!(m1.reported, "Success-Report: yes was asked for");
+    let m2 = next_message(&rt, &mut h);
+    assert_eq!(text(&m2), "and a Montague?");
+    // The peer's success REPORT comes back as a receipt.
+    juliet.expect_stanza(&["<received", "urn:xmpp:receipts", "msg-0001"], SECS10);
+
+    // Romeo answers twice, and composes.
+    let mut reply = Outgoing::new("text/plain", Bytes::from_static(b"Neither, fair saint"));
+    reply.transaction_id = TransactionId::new("romeotid1");
+    send(&rt, &h, reply);
+    send(
+        &rt,
+        &h,
+        Outgoing::new(
+            ISCOMPOSING,
+            IsComposing::new(State::Active).to_xml().into_bytes(),
+        ),
+    );
+    send(
+        &rt,
+        &h,
+        Outgoing::new("text/plain", Bytes::from_static(b"if either thee dislike.")),
+    );
+    let s = juliet.expect_stanza(&["Neither, fair saint"], SECS10);
+    assert!(s.contains("<thread>th-1</thread>"), "{s}");
+    assert!(s.contains("id=\"romeotid1\""), "{s}");
+    assert!(s.contains(ROMEO), "{s}");
+    let s = juliet.expect_stanza(&["<composing"], SECS10);
+    assert!(!s.contains("<body"), "{s}");
+    juliet.expect_stanza(&["if either thee dislike."], SECS10);
+
+    // Juliet composes: isComposing on the session.
+    juliet.send_raw(&chat_xml(
+        "cs-1",
+        "th-1",
+        "<composing xmlns='http://jabber.org/protocol/chatstates'/>",
+    ));
+    let c = next_message(&rt, &mut h);
+    assert_eq!(c.content_type, ISCOMPOSING);
+    assert_eq!(IsComposing::parse(&text(&c)).unwrap().state, State::Active);
+
+    // A 100 KiB message goes chunked (16 KiB chunks) and arrives whole.
+    let big: String = (0..100 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let t = std::time::Instant::now();
+    juliet.send_raw(&chat_xml(
+        "msg-big1",
+        "th-1",
+        &format!("<body>{big}</body>"),
+    ));
+    let b = next_message(&rt, &mut h);
+    eprintln!(
+        "measured: 100 KiB message juliet -> MSRP peer in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(b.body.len(), 100 * 1024);
+    assert_eq!(text(&b), big);
+
+    // `gone` ends the session with BYE.
+    juliet.send_raw(&chat_xml(
+        "cs-2",
+        "th-1",
+        "<gone xmlns='http://jabber.org/protocol/chatstates'/>",
+    ));
+    let r = uas.finish(Duration::from_secs(20));
+    r.assert_ok();
+    assert!(r.messages.contains("Call-ID: th-1"), "{}", r.messages);
+    assert!(
+        r.messages.contains("m=message ") && r.messages.contains("a=setup:actpass"),
+        "{}",
+        r.messages
+    );
+    assert!(
+        !juliet
+            .stanzas_seen()
+            .iter()
+            .any(|s| s.contains("type=\"error\"")),
+        "{:?}",
+        juliet.stanzas_seen()
+    );
+}
+
+#[test]
+fn a_sip_user_opens_a_session_to_juliet_with_cpim() {
+    let dir = temp_dir();
+    let rt = rt();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let msrp_port = free_port();
+    let stox = Stox::start(
+        dir.path(),
+        prosody.component_port,
+        &stox_extra(free_port(), msrp_port),
+    );
+    stox.wait_online(1);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+
+    let peer = Peer::new(&rt, "romeo2peer");
+    let pending = peer.expect();
+    // Romeo's UA takes only message/cpim: stox must wrap what it sends.
+    let uac = Sipp::spawn_uac(
+        dir.path(),
+        "uac",
+        &invite_uac(&sdp(&peer.uri, "passive", "message/cpim")),
+        &format!("127.0.0.1:{}", stox.sip_port),
+        &[],
+    );
+    let mut h = accept(&rt, pending);
+    let wrapped = cpim::wrap(
+        &cpim::Address::new(Some("Romeo"), "im:romeo@sip.test"),
+        &cpim::Address::new(None, "im:juliet@localhost"),
+        Some("2000-12-13T13:40:00-08:00"),
+        "text/plain;charset=utf-8",
+        "Neither, fair saint".as_bytes(),
+    );
+    let mut m = Outgoing::new("message/cpim", wrapped);
+    m.transaction_id = TransactionId::new("romeotid2");
+    send(&rt, &h, m);
+    let s = juliet.expect_stanza(&["Neither, fair saint"], SECS10);
+    assert!(
+        s.contains("type=\"chat\"") && s.contains("id=\"romeotid2\""),
+        "{s}"
+    );
+    let thread = s
+        .split("<thread>")
+        .nth(1)
+        .and_then(|t| t.split("</thread>").next())
+        .expect("a thread")
+        .to_string();
+
+    // Juliet's replies on that thread go back on the session, wrapped in CPIM.
+    juliet.send(ROMEO, "What's in a name?", Some(&thread), "jr-0001");
+    juliet.send(ROMEO, "That which we call a rose", Some(&thread), "jr-0002");
+    for expected in ["What's in a name?", "That which we call a rose"] {
+        let r = next_message(&rt, &mut h);
+        assert_eq!(r.content_type, "message/cpim");
+        let c = Cpim::parse(&r.body).unwrap();
+        assert_eq!(String::from_utf8_lossy(&c.body), expected);
+        assert_eq!(c.from().unwrap().uri, "im:juliet@localhost");
+    }
+    juliet.send_raw(&chat_xml(
+        "cs-9",
+        &thread,
+        "<gone xmlns='http://jabber.org/protocol/chatstates'/>",
+    ));
+    let r = uac.finish(Duration::from_secs(20));
+    r.assert_ok();
+    assert!(
+        r.messages.contains(&format!("Call-ID: {thread}")),
+        "{}",
+        r.messages
+    );
+    assert!(r.messages.contains("a=setup:active"), "{}", r.messages);
+}
+
+#[test]
+fn an_invite_refused_with_488_falls_back_to_message_in_order() {
+    let dir = temp_dir();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let (uas_port, msrp_port) = (free_port(), free_port());
+    let stox = Stox::start(
+        dir.path(),
+        prosody.component_port,
+        &stox_extra(uas_port, msrp_port),
+    );
+    stox.wait_online(1);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+    let uas = Sipp::spawn_uas(dir.path(), "uas", &refuse_then_messages(3), uas_port, 1);
+    for (i, body) in ["one", "two", "three"].iter().enumerate() {
+        juliet.send(
+            ROMEO,
+            &format!("fallback {body}"),
+            Some("fb-1"),
+            &format!("fb-{i}"),
+        );
+    }
+    let r = uas.finish(Duration::from_secs(20));
+    r.assert_ok();
+    let pos = |s: &str| {
+        r.messages
+            .find(s)
+            .unwrap_or_else(|| panic!("{s}: {}", r.messages))
+    };
+    assert!(pos("INVITE sip:romeo@sip.test") < pos("fallback one"));
+    assert!(pos("fallback one") < pos("fallback two"));
+    assert!(pos("fallback two") < pos("fallback three"));
+    assert_eq!(
+        r.messages.matches("INVITE sip:").count(),
+        1,
+        "{}",
+        r.messages
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !juliet
+            .stanzas_seen()
+            .iter()
+            .any(|s| s.contains("type=\"error\"")),
+        "{:?}",
+        juliet.stanzas_seen()
+    );
+}
