@@ -276,9 +276,24 @@ pub fn stream_frame_len(buf: &[u8], max: usize) -> Option<usize> {
 ///
 /// `max` bounds the whole message; a larger request is answered 513.
 pub fn parse(buf: &[u8], framing: Framing, max: usize) -> Result<Parsed, Reject> {
-    let lexed = match lex_head(buf, max) {
+    // RFC 3261 7.5: CRLFs before the start line are ignored (a stream reader skips them
+    // itself, as keep-alives; in a datagram they are part of the datagram's length).
+    let skip = leading_crlf(buf);
+    if skip > 0 && framing == Framing::Datagram {
+        return parse(&buf[skip..], framing, max).map(|p| Parsed {
+            len: p.len + skip,
+            ..p
+        });
+    }
+    // A datagram is bounded by the socket's buffer: lex all of it, so that one over the
+    // limit is still answered (513) rather than dropped.
+    let lex_max = match framing {
+        Framing::Datagram => usize::MAX,
+        Framing::Stream => max,
+    };
+    let lexed = match lex_head(buf, lex_max) {
         Err(Reject::Incomplete) if framing == Framing::Datagram => {
-            return Err(truncated_datagram(buf, max))
+            return Err(truncated_datagram(buf))
         }
         other => other?,
     };
@@ -408,11 +423,11 @@ pub fn parse(buf: &[u8], framing: Framing, max: usize) -> Result<Parsed, Reject>
 
 /// A datagram is the whole message: one whose headers never end was cut short (or is
 /// not SIP). A request among those is answered 400 when its headers give a route back.
-fn truncated_datagram(buf: &[u8], max: usize) -> Reject {
+fn truncated_datagram(buf: &[u8]) -> Reject {
     let mut closed = buf.to_vec();
     closed.extend_from_slice(b"\r\n\r\n");
     let why = "Message ends before the end of its headers";
-    match lex_head(&closed, max.saturating_add(4)) {
+    match lex_head(&closed, usize::MAX) {
         Ok(lexed) if !lexed.start.starts_with("SIP/") => {
             Reject::bad(why, &echo_of(&lexed.headers), None)
         }
@@ -893,6 +908,16 @@ mod tests {
             513
         );
         assert_eq!(answer(parse(text.as_bytes(), Framing::Stream, 1024)).0, 513);
+        // Headers alone over the limit: a datagram is still answered, a stream cannot be.
+        let text = romeo_message(&format!("Subject: {}\r\n", "s".repeat(2000)), "");
+        assert_eq!(
+            answer(parse(text.as_bytes(), Framing::Datagram, 1024)).0,
+            513
+        );
+        assert!(matches!(
+            parse(text.as_bytes(), Framing::Stream, 1024),
+            Err(Reject::Drop { .. })
+        ));
     }
 
     #[test]
