@@ -94,6 +94,18 @@ impl Responder {
         }
     }
 
+    /// Sends a provisional (1xx) response and keeps the responder for the final one
+    /// (180 Ringing before the 200 of an INVITE). Anything else is ignored here.
+    pub fn provisional(&self, response: Response) {
+        if response.status_code.code() >= 200 {
+            tracing::debug!("Responder::provisional given a final response; ignored.");
+            return;
+        }
+        if let Some(id) = self.id {
+            let _ = self.tx.send(Input::Respond { id, response });
+        }
+    }
+
     /// Whether this request expects a response at all.
     pub fn expects_response(&self) -> bool {
         self.id.is_some()
