@@ -816,3 +816,114 @@ Content-Length: 0
     assert_eq!(branch(ack), branch(invite));
     assert_eq!(branch(cancel), branch(invite));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_challenged_with_401_is_sent_again_with_credentials() {
+    // SIPp checks the digest itself (verifyauth) and answers 403 if it is wrong.
+    let body = r#"
+  <recv request="INVITE" />
+  <send>
+    <![CDATA[
+SIP/2.0 401 Unauthorized
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+WWW-Authenticate: Digest realm="sip.test", nonce="n-[pid]", qop="auth,auth-int", algorithm=MD5
+Content-Length: 0
+
+]]>
+  </send>
+  <recv request="ACK" />
+  <recv request="INVITE">
+    <action>
+      <verifyauth assign_to="authvalid" username="stox" password="secret pw" />
+    </action>
+  </recv>
+  <nop next="good" test="authvalid" />
+  <send>
+    <![CDATA[
+SIP/2.0 403 Forbidden
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]>
+  </send>
+  <recv request="ACK" />
+  <nop next="end" />
+  <label id="good" />
+  <send retrans="500">
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:sipp@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=- 1 1 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+]]>
+  </send>
+  <recv request="ACK" />
+  <recv request="BYE" />
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]>
+  </send>
+  <label id="end" />
+"#;
+    let (port, _dir, uas) = sipp_uas("uas-401", scenario("uas-401", body));
+    let (sip, _incoming) = stack(&format!(
+        r#"routes = {{ "sip.test" = "sip:127.0.0.1:{port};transport=udp" }}
+
+[[sip.credentials]]
+realm = "sip.test"
+username = "stox"
+password = "secret pw"
+"#
+    ))
+    .await;
+    let invite = invite_to_sipp(&sip, "stox-401");
+    let (client, ok) = sip.invite(invite, false).await.unwrap();
+    assert_eq!(ok.status_code.code(), 200, "{ok}");
+    // The dialog is made from the INVITE as re-sent: CSeq 2, so the ACK is 2 and BYE 3.
+    let mut dialog = Dialog::as_uac(&client.request, &ok).unwrap();
+    assert_eq!(dialog.local_seq, 2);
+    sip.ack(dialog.ack(2).unwrap(), &client.target).await;
+    let r = sip
+        .send_in_dialog(dialog.request(Method::Bye).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status_code.code(), 200);
+    let r = finish(uas).await;
+    r.assert_ok();
+    let second = &r.messages[r.messages.rfind("INVITE sip:").unwrap()..];
+    assert!(second.contains("CSeq: 2 INVITE"), "{second}");
+    assert!(second.contains("Authorization: Digest "), "{second}");
+    assert!(
+        second.contains("qop=auth,") || second.contains("qop=auth\r"),
+        "{second}"
+    );
+    assert!(r.messages.contains("CSeq: 3 BYE"));
+}
