@@ -127,8 +127,19 @@ enum ServerMachine {
     Invite(ServerInvite),
 }
 
+/// What RFC 3261 8.2.2.2 compares to find a merged request: From tag, Call-ID, CSeq.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct MergeKey {
+    from_tag: String,
+    call_id: String,
+    cseq: u32,
+    method: Method,
+}
+
 struct ServerTx {
     key: ServerKey,
+    /// Out-of-dialog requests only: how a copy of this request on another path is found.
+    merge: Option<MergeKey>,
     machine: ServerMachine,
     /// INVITE with a 2xx sent: (Call-ID, CSeq number), how its ACK is found.
     accepted: Option<(String, u32)>,
@@ -218,6 +229,8 @@ pub struct SipCore {
     client_keys: HashMap<ClientKey, u64>,
     /// INVITE server transactions whose 2xx awaits (or got) its ACK, by (Call-ID, CSeq).
     accepted: HashMap<(String, u32), u64>,
+    /// Live server transactions of out-of-dialog requests, for loop detection (8.2.2.2).
+    merged: HashMap<MergeKey, u64>,
     wakeups: BinaryHeap<Reverse<(Instant, TxRef)>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -246,6 +259,7 @@ impl SipCore {
             clients: HashMap::new(),
             client_keys: HashMap::new(),
             accepted: HashMap::new(),
+            merged: HashMap::new(),
             wakeups: BinaryHeap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -257,6 +271,21 @@ impl SipCore {
             server_transactions: self.servers.len(),
             client_transactions: self.clients.len(),
         }
+    }
+
+    /// Entries in every table and queue the core keeps (transactions, their indexes,
+    /// pending wakeups, undrained output): all zero once every timer has fired and the
+    /// output was drained, however many transactions went through.
+    pub fn held(&self) -> usize {
+        self.servers.len()
+            + self.server_keys.len()
+            + self.clients.len()
+            + self.client_keys.len()
+            + self.accepted.len()
+            + self.merged.len()
+            + self.wakeups.len()
+            + self.transmits.len()
+            + self.events.len()
     }
 
     pub fn locals(&self) -> &[Local] {
@@ -420,6 +449,7 @@ impl SipCore {
                 id,
                 ServerTx {
                     key,
+                    merge: None,
                     machine: ServerMachine::NonInvite(ServerNonInvite::new(
                         now,
                         reliable,
@@ -470,14 +500,26 @@ impl SipCore {
             ServerMachine::NonInvite(ServerNonInvite::new(now, reliable, self.timers))
         };
         let is_invite = request.method == Method::Invite;
+        // 8.2.2.2: only requests outside a dialog (no To tag) can be merged, and only
+        // RFC 3261 branches tell a copy on another path from a retransmission.
+        let merge = merge_key(&request).filter(|_| matchable);
+        let looped = merge.as_ref().is_some_and(|m| self.merged.contains_key(m));
         let id = self.id();
         if matchable {
             self.server_keys.insert(key.clone(), id);
         }
+        let merge = match merge {
+            Some(m) if !looped => {
+                self.merged.insert(m.clone(), id);
+                Some(m)
+            }
+            _ => None,
+        };
         self.servers.insert(
             id,
             ServerTx {
                 key,
+                merge,
                 machine,
                 accepted: None,
                 reply,
@@ -491,6 +533,12 @@ impl SipCore {
             self.respond(now, ServerTxId(id), trying);
         }
         self.reschedule(TxRef::Server(id));
+        if let Some(answer) = screen(&request, looped) {
+            // Answered in its own transaction, so its retransmissions get the same answer.
+            tracing::debug!(method = %request.method, status = answer.status_code.code(), "Request refused by the UAS core checks.");
+            self.respond(now, ServerTxId(id), answer);
+            return;
+        }
         self.events.push_back(Event::Request {
             id: ServerTxId(id),
             request,
@@ -705,6 +753,26 @@ impl SipCore {
             }
             self.reschedule(r);
         }
+        self.compact();
+    }
+
+    /// Gives back table space after a burst: a map keeps its capacity when emptied, so
+    /// without this a peak of transactions would stay allocated for good.
+    fn compact(&mut self) {
+        fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+            if m.capacity() > 1024 && m.len() * 4 < m.capacity() {
+                m.shrink_to(m.len() * 2);
+            }
+        }
+        shrink(&mut self.servers);
+        shrink(&mut self.server_keys);
+        shrink(&mut self.clients);
+        shrink(&mut self.client_keys);
+        shrink(&mut self.accepted);
+        shrink(&mut self.merged);
+        if self.wakeups.capacity() > 1024 && self.wakeups.len() * 4 < self.wakeups.capacity() {
+            self.wakeups.shrink_to(self.wakeups.len() * 2);
+        }
     }
 
     // ----- from the transaction user -----
@@ -806,12 +874,20 @@ impl SipCore {
             tracing::debug!("Response for a transaction that has ended; dropped.");
             return;
         };
+        let status = response.status_code.code();
         for h in response.headers.iter_mut() {
             if let Header::To(t) = h {
-                *t = rsipstack::sip::To::new(message::to_with_tag(t.value(), &tx.to_tag));
+                if status == 100 {
+                    continue; // 8.2.6.2: a 100 needs no tag, and makes no dialog
+                }
+                // A tag the TU chose is the transaction's from then on, so what the core
+                // answers itself later (487 after CANCEL) is in the same (early) dialog.
+                match super::dialog::header_param(t.value(), "tag") {
+                    Some(tag) if !tag.is_empty() => tx.to_tag = tag,
+                    _ => *t = rsipstack::sip::To::new(message::to_with_tag(t.value(), &tx.to_tag)),
+                }
             }
         }
-        let status = response.status_code.code();
         let accepted = match (&tx.machine, status) {
             (ServerMachine::Invite(m), 200..=299) if m.state() == ServerState::Proceeding => {
                 call_id_and_cseq_of(&response.headers)
@@ -885,6 +961,11 @@ impl SipCore {
                     if let Some(k) = tx.accepted.take() {
                         if self.accepted.get(&k) == Some(&id) {
                             self.accepted.remove(&k);
+                        }
+                    }
+                    if let Some(m) = tx.merge.take() {
+                        if self.merged.get(&m) == Some(&id) {
+                            self.merged.remove(&m);
                         }
                     }
                     self.servers.remove(&id);
@@ -965,6 +1046,57 @@ fn call_id_and_cseq_of(headers: &rsipstack::sip::Headers) -> Option<(String, u32
         }
     }
     Some((call_id?, cseq?))
+}
+
+/// The merge key of a request outside any dialog (no To tag), when it has a From tag.
+fn merge_key(request: &Request) -> Option<MergeKey> {
+    let to = request.to_header().ok()?;
+    if super::dialog::header_param(to.value(), "tag").is_some() {
+        return None;
+    }
+    let from = request.from_header().ok()?;
+    let from_tag = super::dialog::header_param(from.value(), "tag")?;
+    let (call_id, cseq) = call_id_and_cseq(request)?;
+    Some(MergeKey {
+        from_tag,
+        call_id,
+        cseq,
+        method: request.method,
+    })
+}
+
+/// The UAS core's checks before the TU sees a request (RFC 3261 8.2.2, 16.3 item 3):
+/// the answer when it fails one.
+fn screen(request: &Request, looped: bool) -> Option<Response> {
+    // Max-Forwards 0: the request has gone as far as it may. OPTIONS may still be answered
+    // (11: a "traceroute" to this hop), so it goes on to the TU.
+    let hops = request
+        .max_forwards_header()
+        .ok()
+        .and_then(|m| m.value().trim().parse::<u32>().ok());
+    if hops == Some(0) && request.method != Method::Options {
+        return Some(message::response_to(request, 483, None, ""));
+    }
+    if looped {
+        return Some(message::response_to(request, 482, None, ""));
+    }
+    let unknown: Vec<String> = super::dialog::header_values(&request.headers, "Require")
+        .into_iter()
+        .filter(|tag| {
+            !message::SUPPORTED
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(tag))
+        })
+        .collect();
+    if !unknown.is_empty() {
+        let mut answer = message::response_to(request, 420, None, "");
+        answer.headers.push(rsipstack::sip::headers::make_header(
+            "Unsupported",
+            unknown.join(", "),
+        ));
+        return Some(answer);
+    }
+    None
 }
 
 fn call_id_and_cseq(request: &Request) -> Option<(String, u32)> {
@@ -1409,7 +1541,8 @@ mod tests {
         let text = "INVITE sip:juliet@example.com SIP/2.0\r\n\
                     Via: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bK6\r\n\
                     From: <sip:romeo@example.net>;tag=1\r\nTo: <sip:juliet@example.com>\r\n\
-                    Call-ID: inv1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+                    Call-ID: inv1\r\nCSeq: 1 INVITE\r\nContact: <sip:romeo@127.0.0.2:5070>\r\n\
+                    Content-Length: 0\r\n\r\n";
         let msg = parse(text.as_bytes(), Framing::Datagram, 65535)
             .unwrap()
             .message;
@@ -1436,5 +1569,215 @@ mod tests {
         );
         core.handle_timeout(t0 + Duration::from_millis(5600));
         assert_eq!(core.stats().server_transactions, 0);
+    }
+
+    fn request_text(method: &str, branch: &str, extra: &str) -> String {
+        format!(
+            "{method} sip:juliet@example.com SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.2:5070;branch={branch}\r\n\
+             Max-Forwards: 70\r\n\
+             To: <sip:juliet@example.com>\r\n\
+             From: <sip:romeo@example.net>;tag=r1\r\n\
+             Call-ID: screen@example.net\r\n\
+             CSeq: 1 {method}\r\n\
+             Contact: <sip:romeo@127.0.0.2:5070>\r\n\
+             {extra}Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    fn msg(text: &str) -> SipMessage {
+        parse(text.as_bytes(), Framing::Datagram, 65535)
+            .unwrap()
+            .message
+    }
+
+    fn status_lines(t: &[Transmit]) -> Vec<String> {
+        t.iter()
+            .map(|t| {
+                String::from_utf8_lossy(&t.bytes)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn max_forwards_zero_gets_483_but_options_reaches_the_tu() {
+        let t0 = Instant::now();
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        let text = request_text("MESSAGE", "z9hG4bKmf1", "")
+            .replace("Max-Forwards: 70", "Max-Forwards: 0");
+        core.handle_message(t0, msg(&text), udp_source());
+        let (t, e) = drain(&mut core);
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(status_lines(&t), ["SIP/2.0 483 Too Many Hops"]);
+        // Its retransmission gets the same answer from the transaction.
+        core.handle_message(t0, msg(&text), udp_source());
+        assert_eq!(drain(&mut core).0[0].bytes, t[0].bytes);
+
+        let invite = request_text("INVITE", "z9hG4bKmf2", "")
+            .replace("Max-Forwards: 70", "Max-Forwards: 0")
+            .replace("Call-ID: screen", "Call-ID: screen-inv");
+        core.handle_message(t0, msg(&invite), udp_source());
+        let (t, e) = drain(&mut core);
+        assert!(e.is_empty());
+        assert_eq!(
+            status_lines(&t),
+            ["SIP/2.0 100 Trying", "SIP/2.0 483 Too Many Hops"]
+        );
+
+        let options = request_text("OPTIONS", "z9hG4bKmf3", "")
+            .replace("Max-Forwards: 70", "Max-Forwards: 0")
+            .replace("Call-ID: screen", "Call-ID: screen-opt");
+        core.handle_message(t0, msg(&options), udp_source());
+        assert!(matches!(&drain(&mut core).1[..], [Event::Request { .. }]));
+    }
+
+    #[test]
+    fn a_merged_request_gets_482_and_a_retransmission_does_not() {
+        let t0 = Instant::now();
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        let first = request_text("MESSAGE", "z9hG4bKpath1", "");
+        core.handle_message(t0, msg(&first), udp_source());
+        let (_, e) = drain(&mut core);
+        assert_eq!(e.len(), 1);
+        // The same request on another path (another branch) while the first is alive.
+        let copy = request_text("MESSAGE", "z9hG4bKpath2", "");
+        core.handle_message(t0, msg(&copy), udp_source());
+        let (t, e) = drain(&mut core);
+        assert!(e.is_empty());
+        assert_eq!(status_lines(&t), ["SIP/2.0 482 Loop Detected"]);
+        // A retransmission of the first is not a loop.
+        core.handle_message(t0, msg(&first), udp_source());
+        let (t, e) = drain(&mut core);
+        assert!(t.is_empty() && e.is_empty());
+        // The next CSeq is a new request; and in a dialog (To tag) nothing is merged.
+        let next = request_text("MESSAGE", "z9hG4bKpath3", "").replace("1 MESSAGE", "2 MESSAGE");
+        core.handle_message(t0, msg(&next), udp_source());
+        assert_eq!(drain(&mut core).1.len(), 1);
+        // Once the first transaction has ended (unanswered: 64*T1), the key is free again.
+        core.handle_timeout(t0 + Duration::from_secs(64));
+        assert_eq!(core.held(), 0);
+        core.handle_message(t0 + Duration::from_secs(64), msg(&copy), udp_source());
+        assert_eq!(drain(&mut core).1.len(), 1);
+    }
+
+    #[test]
+    fn an_unknown_require_gets_420_naming_it_in_unsupported() {
+        let t0 = Instant::now();
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        let text = request_text("MESSAGE", "z9hG4bKreq1", "Require: 100rel, foo\r\n");
+        core.handle_message(t0, msg(&text), udp_source());
+        let (t, e) = drain(&mut core);
+        assert!(e.is_empty());
+        let out = String::from_utf8_lossy(&t[0].bytes);
+        assert!(out.starts_with("SIP/2.0 420 Bad Extension\r\n"), "{out}");
+        assert!(out.contains("\r\nUnsupported: 100rel, foo\r\n"), "{out}");
+        // Proxy-Require is for proxies; a UAS ignores it.
+        let text = request_text("MESSAGE", "z9hG4bKreq2", "Proxy-Require: foo\r\n")
+            .replace("1 MESSAGE", "2 MESSAGE");
+        core.handle_message(t0, msg(&text), udp_source());
+        assert_eq!(drain(&mut core).1.len(), 1);
+    }
+
+    #[test]
+    fn the_487_after_a_cancel_carries_the_tag_of_the_tus_provisional_response() {
+        let t0 = Instant::now();
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        let invite = request_text("INVITE", "z9hG4bKc1", "");
+        core.handle_message(t0, msg(&invite), udp_source());
+        let (_, e) = drain(&mut core);
+        let Event::Request { id, request, .. } = &e[0] else {
+            panic!()
+        };
+        core.respond(t0, *id, message::response_to(request, 180, None, "tu-tag"));
+        drain(&mut core);
+        let cancel = invite
+            .replace("INVITE sip:", "CANCEL sip:")
+            .replace("1 INVITE", "1 CANCEL");
+        core.handle_message(t0, msg(&cancel), udp_source());
+        let (t, e) = drain(&mut core);
+        assert_eq!(
+            status_lines(&t),
+            ["SIP/2.0 200 OK", "SIP/2.0 487 Request Terminated"]
+        );
+        let terminated = String::from_utf8_lossy(&t[1].bytes);
+        assert!(terminated.contains(";tag=tu-tag\r\n"), "{terminated}");
+        assert!(terminated.contains("CSeq: 1 INVITE\r\n"), "{terminated}");
+        assert!(matches!(&e[..], [Event::Cancelled { .. }]));
+    }
+
+    /// Pushes `n` MESSAGE transactions through the core at `now`, each answered 200.
+    fn push_messages(core: &mut SipCore, now: Instant, n: usize, offset: usize) {
+        for i in offset..offset + n {
+            let text = request_text("MESSAGE", &format!("z9hG4bKmem{i}"), "")
+                .replace("Call-ID: screen", &format!("Call-ID: mem{i}"));
+            core.handle_message(now, msg(&text), udp_source());
+            let (_, e) = drain(core);
+            let Some(Event::Request { id, request, .. }) = e.into_iter().next() else {
+                panic!("no request")
+            };
+            core.respond(now, id, message::response_to(&request, 200, None, ""));
+            drain(core);
+        }
+    }
+
+    #[test]
+    fn finished_transactions_leave_nothing_behind() {
+        let t0 = Instant::now();
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        push_messages(&mut core, t0, 2000, 0);
+        // Each waits out timer J (64*T1 over UDP) holding its 200 for retransmissions.
+        assert_eq!(core.stats().server_transactions, 2000);
+        core.handle_timeout(t0 + Duration::from_secs(32));
+        assert_eq!(core.held(), 0);
+        assert_eq!(core.poll_timeout(), None);
+        // Client side too: 2000 MESSAGEs answered, then timer K.
+        for token in 0..2000 {
+            core.send_request(t0, outgoing(), target(Transport::Udp), token);
+            let (t, _) = drain(&mut core);
+            core.handle_message(t0, response_for(&t[0], "200 OK"), udp_source());
+            drain(&mut core);
+        }
+        assert_eq!(core.stats().client_transactions, 2000);
+        core.handle_timeout(t0 + Duration::from_secs(5));
+        assert_eq!(core.held(), 0);
+    }
+
+    fn rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// The figure for the record (RSS is per process, so run it alone):
+    /// `cargo test --lib memory_held_by_40k_transactions -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn memory_held_by_40k_transactions() {
+        let t0 = Instant::now();
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        let before = rss_kib();
+        push_messages(&mut core, t0, 40_000, 0);
+        let alive = rss_kib();
+        core.handle_timeout(t0 + Duration::from_secs(32));
+        let after = rss_kib();
+        assert_eq!(core.held(), 0);
+        // A second burst reuses what the first left.
+        push_messages(&mut core, t0 + Duration::from_secs(33), 40_000, 40_000);
+        core.handle_timeout(t0 + Duration::from_secs(66));
+        let again = rss_kib();
+        eprintln!(
+            "RSS before {before} KiB; 40k in timer J {alive} KiB (+{} B per transaction); \
+             after timer J {after} KiB; after a second 40k {again} KiB",
+            (alive.saturating_sub(before)) * 1024 / 40_000
+        );
     }
 }

@@ -94,6 +94,18 @@ impl Responder {
         }
     }
 
+    /// Sends a provisional (1xx) response and keeps the responder for the final one
+    /// (180 Ringing before the 200 of an INVITE). Anything else is ignored here.
+    pub fn provisional(&self, response: Response) {
+        if response.status_code.code() >= 200 {
+            tracing::debug!("Responder::provisional given a final response; ignored.");
+            return;
+        }
+        if let Some(id) = self.id {
+            let _ = self.tx.send(Input::Respond { id, response });
+        }
+    }
+
     /// Whether this request expects a response at all.
     pub fn expects_response(&self) -> bool {
         self.id.is_some()
@@ -123,6 +135,9 @@ pub struct InviteClient {
     /// The target it went to: its ACKs for 2xx responses go there too when no Route says
     /// otherwise.
     pub target: Target,
+    /// The INVITE as last sent (without Via): after a digest challenge it carries the
+    /// credentials and the next CSeq, so the dialog and the ACK are made from this one.
+    pub request: Request,
     token: u64,
     tx: mpsc::UnboundedSender<Input>,
 }
@@ -226,7 +241,9 @@ impl SipHandle {
 
     /// Sends an INVITE (out of dialog, or a re-INVITE with `in_dialog`) and returns once a
     /// target took it (answered anything); every response follows on `events`. Targets
-    /// that time out or fail before any response are skipped (RFC 3263 failover).
+    /// that time out or fail before any response are skipped (RFC 3263 failover). A
+    /// 401/407 that is the first answer is met from `sip.credentials` like for `send`
+    /// (a challenge after a provisional response reaches the caller as it is).
     pub async fn invite(
         &self,
         mut request: Request,
@@ -234,38 +251,58 @@ impl SipHandle {
     ) -> Result<(InviteClient, Response), SipError> {
         let destination = self.next_hop(&mut request, in_dialog);
         self.add_user_agent(&mut request);
+        let scope = auth_scope(&request, &destination);
+        self.digest().authorize(&mut request, &scope);
         let targets = self.inner.locator.locate(&destination).await?;
         let mut last = SipError::Locate(LocateError::NoRecords {
             host: destination.host.clone(),
         });
-        for target in targets {
+        let mut exchange = Exchange::default();
+        let mut targets = targets.into_iter();
+        let mut target = targets.next();
+        while let Some(to) = target.clone() {
             let (events_tx, mut events) = mpsc::unbounded_channel();
             let token = self.inner.tokens.fetch_add(1, Ordering::Relaxed);
             self.inner
                 .tx
                 .send(Input::Send {
                     request: request.clone(),
-                    target: target.clone(),
+                    target: to.clone(),
                     token,
                     reply: Pending::Stream(events_tx),
                 })
                 .map_err(|_| SipError::Stopped)?;
             match events.recv().await {
+                // A 401/407 as the first answer (the core has ACKed it): once per realm,
+                // the INVITE again to the same target with credentials and the next CSeq.
+                Some(ClientEvent::Response(r))
+                    if self
+                        .digest()
+                        .on_challenge(&mut request, &r, &scope, &mut exchange) =>
+                {
+                    tracing::debug!(
+                        status = r.status_code.code(),
+                        "INVITE challenged; sent again with credentials."
+                    );
+                    continue;
+                }
                 Some(ClientEvent::Response(r)) => {
                     let client = InviteClient {
                         events,
-                        target,
+                        target: to,
+                        request,
                         token,
                         tx: self.inner.tx.clone(),
                     };
                     return Ok((client, r));
                 }
                 Some(ClientEvent::Failed(e)) => {
-                    tracing::debug!(target = %target.addr, error = %e, "INVITE target failed; trying the next one.");
+                    tracing::debug!(target = %to.addr, error = %e, "INVITE target failed; trying the next one.");
                     last = e;
                 }
                 None => return Err(SipError::Stopped),
             }
+            target = targets.next();
         }
         Err(last)
     }

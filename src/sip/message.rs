@@ -31,6 +31,10 @@ pub enum Framing {
 /// The methods stox implements as a UAS; everything else gets 405 (known) or 501 (unknown).
 pub const ALLOW: &str = "MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY";
 
+/// The option tags (RFC 3261 19.2) stox implements; a request that requires any other gets
+/// 420 with Unsupported (8.2.2.3).
+pub const SUPPORTED: &[&str] = &[];
+
 /// A well-formed message and the number of bytes it took (for streams).
 #[derive(Debug)]
 pub struct Parsed {
@@ -272,7 +276,27 @@ pub fn stream_frame_len(buf: &[u8], max: usize) -> Option<usize> {
 ///
 /// `max` bounds the whole message; a larger request is answered 513.
 pub fn parse(buf: &[u8], framing: Framing, max: usize) -> Result<Parsed, Reject> {
-    let lexed = lex_head(buf, max)?;
+    // RFC 3261 7.5: CRLFs before the start line are ignored (a stream reader skips them
+    // itself, as keep-alives; in a datagram they are part of the datagram's length).
+    let skip = leading_crlf(buf);
+    if skip > 0 && framing == Framing::Datagram {
+        return parse(&buf[skip..], framing, max).map(|p| Parsed {
+            len: p.len + skip,
+            ..p
+        });
+    }
+    // A datagram is bounded by the socket's buffer: lex all of it, so that one over the
+    // limit is still answered (513) rather than dropped.
+    let lex_max = match framing {
+        Framing::Datagram => usize::MAX,
+        Framing::Stream => max,
+    };
+    let lexed = match lex_head(buf, lex_max) {
+        Err(Reject::Incomplete) if framing == Framing::Datagram => {
+            return Err(truncated_datagram(buf))
+        }
+        other => other?,
+    };
     let echo = echo_of(&lexed.headers);
     let is_request = !lexed.start.starts_with("SIP/");
 
@@ -319,7 +343,8 @@ pub fn parse(buf: &[u8], framing: Framing, max: usize) -> Result<Parsed, Reject>
             });
         }
         (Framing::Stream, Some(n)) => {
-            if lexed.body_start + n > max {
+            // A Content-Length near usize::MAX must not overflow the sum.
+            if lexed.body_start.saturating_add(n) > max {
                 return Err(if is_request {
                     Reject::Answer {
                         status: 513,
@@ -393,6 +418,24 @@ pub fn parse(buf: &[u8], framing: Framing, max: usize) -> Result<Parsed, Reject>
             message: SipMessage::Response(response),
             len,
         })
+    }
+}
+
+/// A datagram is the whole message: one whose headers never end was cut short (or is
+/// not SIP). A request among those is answered 400 when its headers give a route back.
+fn truncated_datagram(buf: &[u8]) -> Reject {
+    let mut closed = buf.to_vec();
+    closed.extend_from_slice(b"\r\n\r\n");
+    let why = "Message ends before the end of its headers";
+    match lex_head(&closed, usize::MAX) {
+        Ok(lexed) if !lexed.start.starts_with("SIP/") => {
+            Reject::bad(why, &echo_of(&lexed.headers), None)
+        }
+        Err(Reject::Answer { echo, .. }) => Reject::bad(why, &echo, None),
+        _ => Reject::Drop {
+            why: why.to_ascii_lowercase(),
+            len: None,
+        },
     }
 }
 
@@ -476,6 +519,13 @@ fn check_request(req: &Request, echo: &Echo, len: Option<usize>) -> Result<(), R
     if m != req.method.to_string() {
         return Err(bad("CSeq method does not match the Request-Line"));
     }
+    // 8.1.1.8 (RFC 6665 4.1.2.1 for SUBSCRIBE): a request that can make a dialog names
+    // the remote target; without it no in-dialog request could reach the peer.
+    if matches!(req.method, Method::Invite | Method::Subscribe)
+        && !req.headers.iter().any(|h| matches!(h, Header::Contact(_)))
+    {
+        return Err(bad("Missing Contact header"));
+    }
     if let Ok(mf) = req.max_forwards_header() {
         if mf.value().trim().parse::<u8>().is_err() {
             return Err(bad("Malformed Max-Forwards header"));
@@ -522,9 +572,9 @@ fn build_response(start: &str, headers: Headers, body: Vec<u8>) -> Result<Respon
     Ok(response)
 }
 
-/// Adds a To tag when the request had none (RFC 3261 8.2.6.2).
+/// Adds a To tag when the request had none (RFC 3261 8.2.6.2); an empty `tag` adds none.
 pub fn to_with_tag(to: &str, tag: &str) -> String {
-    if has_tag_param(to) {
+    if tag.is_empty() || has_tag_param(to) {
         to.to_string()
     } else {
         format!("{to};tag={tag}")
@@ -883,6 +933,16 @@ mod tests {
             513
         );
         assert_eq!(answer(parse(text.as_bytes(), Framing::Stream, 1024)).0, 513);
+        // Headers alone over the limit: a datagram is still answered, a stream cannot be.
+        let text = romeo_message(&format!("Subject: {}\r\n", "s".repeat(2000)), "");
+        assert_eq!(
+            answer(parse(text.as_bytes(), Framing::Datagram, 1024)).0,
+            513
+        );
+        assert!(matches!(
+            parse(text.as_bytes(), Framing::Stream, 1024),
+            Err(Reject::Drop { .. })
+        ));
     }
 
     #[test]
@@ -950,6 +1010,67 @@ mod tests {
         ] {
             let _ = parse(junk, Framing::Datagram, MAX);
             let _ = parse(junk, Framing::Stream, MAX);
+        }
+    }
+
+    #[test]
+    fn a_datagram_cut_inside_its_headers_gets_400() {
+        let text = romeo_message("", "hi");
+        let cut = &text.as_bytes()[..text.find("Content-Type").unwrap()];
+        match parse(cut, Framing::Datagram, MAX) {
+            Err(Reject::Answer {
+                status: 400,
+                reason,
+                echo,
+                ..
+            }) => {
+                assert_eq!(reason, "Message ends before the end of its headers");
+                assert_eq!(echo.call_id.as_deref(), Some("M4spr4vdu@example.net"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // On a stream the same bytes just wait for more.
+        assert_eq!(
+            parse(cut, Framing::Stream, MAX).unwrap_err(),
+            Reject::Incomplete
+        );
+        // A response cut short has no one to answer.
+        assert!(matches!(
+            parse(
+                b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a",
+                Framing::Datagram,
+                MAX
+            ),
+            Err(Reject::Drop { .. })
+        ));
+    }
+
+    #[test]
+    fn a_content_length_near_usize_max_is_refused_on_a_stream() {
+        let text = romeo_message("", "").replace(
+            "Content-Length: 0",
+            &format!("Content-Length: {}", usize::MAX),
+        );
+        assert_eq!(answer(parse(text.as_bytes(), Framing::Stream, MAX)).0, 513);
+        assert_eq!(
+            answer(parse(text.as_bytes(), Framing::Datagram, MAX)).1,
+            "Body shorter than Content-Length"
+        );
+        assert_eq!(stream_frame_len(text.as_bytes(), MAX), None);
+    }
+
+    #[test]
+    fn an_invite_or_subscribe_without_contact_gets_400_naming_it() {
+        for method in ["INVITE", "SUBSCRIBE"] {
+            let text = romeo_message("", "")
+                .replace("MESSAGE sip:", &format!("{method} sip:"))
+                .replace("1 MESSAGE", &format!("1 {method}"));
+            assert_eq!(
+                answer(parse(text.as_bytes(), Framing::Datagram, MAX)),
+                (400, "Missing Contact header".into())
+            );
+            let with = text.replace("Max-Forwards", "m: <sip:romeo@192.0.2.1>\r\nMax-Forwards");
+            assert!(parse(with.as_bytes(), Framing::Datagram, MAX).is_ok());
         }
     }
 }

@@ -8,6 +8,8 @@ pub mod auth;
 pub mod core;
 pub mod dialog;
 pub mod endpoint;
+#[cfg(test)]
+mod fuzz;
 pub mod locate;
 pub mod message;
 pub mod register;
