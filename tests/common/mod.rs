@@ -442,6 +442,15 @@ listen = [{listen}]
     /// Listens on udp, tcp and `tls:127.0.0.1:<tls_port>` with `identity` as its
     /// certificate and `pki`'s CA as the roots it verifies peers with. `extra` goes into
     /// `[sip]` (keys first, then tables such as `[sip.routes]`).
+    /// Listens on `listen` (the inside of `sip.listen`, `PORT` standing for the SIP port).
+    pub fn start_listen(dir: &Path, component_port: u16, listen: &str, extra: &str) -> Stox {
+        let sip_port = free_port();
+        let listen = listen.replace("PORT", &sip_port.to_string());
+        Stox::launch(dir, sip_port, None, |d| {
+            Stox::config_text_listen(d, component_port, &listen, extra)
+        })
+    }
+
     pub fn start_tls(
         dir: &Path,
         component_port: u16,
@@ -1024,11 +1033,16 @@ fn json_str(s: &str) -> String {
 
 /// Sends `request` over UDP to 127.0.0.1:`port` and returns the first response.
 pub fn udp_exchange(port: u16, request: &str) -> String {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp_exchange_at("127.0.0.1", port, request)
+}
+
+/// The same to `ip` (e.g. "::1").
+pub fn udp_exchange_at(ip: &str, port: u16, request: &str) -> String {
+    let ip: std::net::IpAddr = ip.parse().unwrap();
+    let sock = UdpSocket::bind((ip, 0)).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let request = request.replace("LOCAL", &sock.local_addr().unwrap().to_string());
-    sock.send_to(request.as_bytes(), ("127.0.0.1", port))
-        .unwrap();
+    sock.send_to(request.as_bytes(), (ip, port)).unwrap();
     let mut buf = [0u8; 65536];
     let (n, _) = sock
         .recv_from(&mut buf)
@@ -1348,4 +1362,50 @@ pub fn ok_response(request: &str) -> String {
     }
     r.push_str("Content-Length: 0\r\n\r\n");
     r
+}
+
+// ----- dnsmasq -----
+
+/// A dnsmasq on 127.0.0.1 at a free port serving only the given records (its
+/// `--srv-host=`, `--host-record=`, `--naptr-record=` options), killed when dropped.
+pub struct Dnsmasq {
+    pub port: u16,
+    proc: Proc,
+}
+
+impl Dnsmasq {
+    pub fn start(dir: &Path, domain: &str, records: &[String]) -> Dnsmasq {
+        let bin = need("dnsmasq", "dnsmasq");
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("dnsmasq.log")).unwrap();
+        let proc = Proc::spawn(
+            "dnsmasq",
+            Command::new(bin)
+                .args([
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--no-daemon",
+                    "--bind-interfaces",
+                    "--listen-address=127.0.0.1",
+                    "--conf-file=/dev/null",
+                    "--user=root",
+                    "--group=root",
+                    "--log-queries",
+                ])
+                .arg(format!("--local=/{domain}/"))
+                .arg(format!("--port={port}"))
+                .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+                .args(records)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log),
+        );
+        wait_for_port(port, Duration::from_secs(5), "dnsmasq");
+        Dnsmasq { port, proc }
+    }
+
+    pub fn nameserver(&self) -> String {
+        let _ = &self.proc;
+        format!("127.0.0.1:{}", self.port)
+    }
 }
