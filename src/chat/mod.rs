@@ -26,7 +26,6 @@ use crate::im::Im;
 use crate::msrp::conn::{self, MsrpListener, SessionHandle};
 use crate::msrp::session::{Event as MsrpEvent, Outgoing};
 use crate::sip::endpoint::{ClientEvent, IncomingRequest, SipError, SipHandle};
-use crate::sip::message::response_to;
 use crate::xmpp::link::XmppLink;
 
 #[allow(clippy::large_enum_variant)] // one per stanza or request, short-lived
@@ -50,17 +49,11 @@ impl ChatHandle {
 
     pub fn sip(&self, incoming: IncomingRequest) {
         if let Err(e) = self.tx.try_send(Input::Sip(incoming)) {
-            let (mpsc::error::TrySendError::Full(Input::Sip(i))
-            | mpsc::error::TrySendError::Closed(Input::Sip(i))) = e
-            else {
-                return;
-            };
-            let mut r = response_to(&i.request, 503, None, "");
-            r.headers.push(rsipstack::sip::headers::make_header(
-                "Retry-After",
-                "5".into(),
-            ));
-            i.responder.respond(r);
+            if let mpsc::error::TrySendError::Full(Input::Sip(i))
+            | mpsc::error::TrySendError::Closed(Input::Sip(i)) = e
+            {
+                i.refuse_busy();
+            }
         }
     }
 }

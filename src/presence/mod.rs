@@ -39,17 +39,11 @@ impl PresenceHandle {
 
     pub fn sip(&self, incoming: IncomingRequest) {
         if let Err(e) = self.tx.try_send(Input::Sip(Box::new(incoming))) {
-            let (mpsc::error::TrySendError::Full(Input::Sip(i))
-            | mpsc::error::TrySendError::Closed(Input::Sip(i))) = e
-            else {
-                return;
-            };
-            let mut r = response_to(&i.request, 503, None, "");
-            r.headers.push(rsipstack::sip::headers::make_header(
-                "Retry-After",
-                "5".into(),
-            ));
-            i.responder.respond(r);
+            if let mpsc::error::TrySendError::Full(Input::Sip(i))
+            | mpsc::error::TrySendError::Closed(Input::Sip(i)) = e
+            {
+                i.refuse_busy();
+            }
         }
     }
 }

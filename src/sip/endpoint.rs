@@ -79,6 +79,16 @@ pub struct IncomingRequest {
     pub responder: Responder,
 }
 
+impl IncomingRequest {
+    /// Answers 503 with Retry-After: the part of stox it was meant for is saturated.
+    pub fn refuse_busy(self) {
+        let mut r = message::response_to(&self.request, 503, None, "");
+        r.headers
+            .push(Header::RetryAfter(rsipstack::sip::RetryAfter::new("5")));
+        self.responder.respond(r);
+    }
+}
+
 pub struct Responder {
     /// None for what gets no response (an ACK, a CANCEL the core already answered).
     id: Option<ServerTxId>,
