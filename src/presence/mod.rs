@@ -38,12 +38,12 @@ impl PresenceHandle {
     }
 
     pub fn sip(&self, incoming: IncomingRequest) {
-        if let Err(e) = self.tx.try_send(Input::Sip(Box::new(incoming))) {
-            if let mpsc::error::TrySendError::Full(Input::Sip(i))
-            | mpsc::error::TrySendError::Closed(Input::Sip(i)) = e
-            {
-                i.refuse_busy();
-            }
+        if let Err(
+            mpsc::error::TrySendError::Full(Input::Sip(i))
+            | mpsc::error::TrySendError::Closed(Input::Sip(i)),
+        ) = self.tx.try_send(Input::Sip(Box::new(incoming)))
+        {
+            i.refuse_busy();
         }
     }
 }
