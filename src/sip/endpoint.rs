@@ -717,7 +717,7 @@ impl Driver {
                     }
                 }
                 _ = sleep_until_opt(deadline) => {
-                    self.core.handle_timeout(std::time::Instant::now());
+                    self.core.handle_timeout(tokio::time::Instant::now().into_std());
                 }
             }
             self.flush();
@@ -725,7 +725,7 @@ impl Driver {
     }
 
     fn input(&mut self, input: Input) {
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now().into_std();
         match input {
             Input::Message { message, source } => self.core.handle_message(now, message, source),
             Input::Reject { reject, source } => {
@@ -864,7 +864,8 @@ impl Driver {
             tracing::warn!(
                 "SIP requests are arriving faster than they can be handled; answering 503."
             );
-            self.core.respond(std::time::Instant::now(), id, overload);
+            self.core
+                .respond(tokio::time::Instant::now().into_std(), id, overload);
         }
     }
 
@@ -878,7 +879,16 @@ impl Driver {
                     .or_else(|| self.udp.first());
                 match sock {
                     Some((_, s)) => {
-                        if let Err(e) = s.try_send_to(&t.bytes, t.to) {
+                        let sent = match s.try_send_to(&t.bytes, t.to) {
+                            // tokio tries only once it has seen the socket writable: just
+                            // after start (no readiness event yet) it says WouldBlock without
+                            // trying. Ask the kernel itself; WouldBlock then means full.
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                socket2::SockRef::from(&**s).send_to(&t.bytes, &t.to.into())
+                            }
+                            r => r,
+                        };
+                        if let Err(e) = sent {
                             // UDP may drop; the transaction layer retransmits.
                             tracing::debug!(to = %t.to, error = %e, "UDP send failed.");
                             if e.kind() != std::io::ErrorKind::WouldBlock {
