@@ -68,18 +68,7 @@ fn field(text: &str, key: &str) -> Option<u64> {
 /// Asks for a 4 MB receive buffer (capped by net.core.rmem_max), so a sink thread that the
 /// shared machine's scheduler holds up for a moment drops nothing.
 pub fn big_receive_buffer(sock: &UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let size: libc::c_int = 4 << 20;
-    // SAFETY: a valid socket fd and a c_int option of the right length.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &size as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    let _ = socket2::SockRef::from(sock).set_recv_buffer_size(4 << 20);
 }
 
 /// What the sink saw since the last `take`.
