@@ -56,7 +56,7 @@ impl Im {
 
     /// An XMPP `<message/>` addressed to a JID at the gateway.
     pub async fn from_xmpp(self: Arc<Self>, msg: Message) {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "xmpp_message",
             id = msg.id.as_ref().map(|i| i.0.as_str()).unwrap_or(""),
             from = msg.from.as_ref().map(|j| j.to_string()).unwrap_or_default(),
@@ -118,7 +118,7 @@ impl Im {
                     return;
                 }
             };
-            let span = tracing::info_span!("sip_client", call_id = %call_id);
+            let span = tracing::debug_span!("sip_client", call_id = %call_id);
             let result = self.sip.send(request).instrument(span).await;
             match result {
                 Ok(r) if r.status_code.code() < 300 => {
@@ -174,7 +174,7 @@ impl Im {
             .call_id_header()
             .map(|c| c.value().to_string())
             .unwrap_or_default();
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "sip_message",
             %call_id,
             cseq = request.cseq_header().map(|c| c.value().to_string()).unwrap_or_default(),
