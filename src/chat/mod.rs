@@ -174,6 +174,16 @@ impl Edge {
                             let call_id = crate::sip::dialog::header_value(&i.request.headers, "Call-ID").unwrap_or_default();
                             let span = tracing::info_span!("chat_sip", %call_id, method = %i.request.method);
                             let _g = span.enter();
+                            // A new session while the XMPP link is down could only
+                            // answer 200 for messages it cannot hand on: refuse it, as a
+                            // MESSAGE would be (the peer retries or falls back).
+                            let new_invite = i.request.method == rsipstack::sip::Method::Invite
+                                && crate::sip::dialog::incoming_key(&i.request).is_none();
+                            if new_invite && !self.xmpp.is_up() {
+                                tracing::info!("XMPP link down; refusing a new chat session.");
+                                i.refuse_busy();
+                                continue;
+                            }
                             let response = self.core.handle_sip_request(now(), &i.request);
                             // The MSRP expectation is registered before the 200 goes out.
                             self.drain(&itx);
