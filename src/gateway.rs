@@ -76,7 +76,12 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         inbound_tx,
     );
     let presence = crate::presence::start(&config, addresses.clone(), sip.clone(), xmpp.clone())?;
-    let im = Arc::new(Im::new(addresses.clone(), sip.clone(), xmpp.clone()));
+    let im = Arc::new(Im::new(
+        addresses.clone(),
+        sip.clone(),
+        xmpp.clone(),
+        config.msrp.listen.is_some(),
+    ));
     let chat = crate::chat::start(
         &config,
         addresses.clone(),

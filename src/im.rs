@@ -33,14 +33,21 @@ pub struct Im {
     pub sip: SipHandle,
     pub xmpp: XmppLink,
     cseq: AtomicU32,
+    /// The methods stox serves, for Allow (INVITE and friends only with chat sessions).
+    allow: &'static str,
 }
 
 impl Im {
-    pub fn new(addresses: Arc<AddressMap>, sip: SipHandle, xmpp: XmppLink) -> Self {
+    pub fn new(addresses: Arc<AddressMap>, sip: SipHandle, xmpp: XmppLink, chat: bool) -> Self {
         Im {
             addresses,
             sip,
             xmpp,
+            allow: if chat {
+                crate::sip::message::ALLOW_WITH_CHAT
+            } else {
+                crate::sip::message::ALLOW
+            },
             // A CSeq only has to grow within a Call-ID; one counter for all keeps it simple.
             cseq: AtomicU32::new(1),
         }
@@ -247,9 +254,8 @@ impl Im {
     /// OPTIONS (RFC 3261 11.2): what stox accepts.
     pub fn options(&self, incoming: IncomingRequest) {
         let mut r = response_to(&incoming.request, 200, None, "");
-        r.headers.push(Header::Allow(rsipstack::sip::Allow::new(
-            crate::sip::message::ALLOW,
-        )));
+        r.headers
+            .push(Header::Allow(rsipstack::sip::Allow::new(self.allow)));
         r.headers
             .push(Header::Accept(rsipstack::sip::Accept::new(mm::ACCEPT)));
         incoming.responder.respond(r);
@@ -267,9 +273,8 @@ impl Im {
             response_to(&incoming.request, 481, None, "")
         } else {
             let mut r = response_to(&incoming.request, 405, None, "");
-            r.headers.push(Header::Allow(rsipstack::sip::Allow::new(
-                crate::sip::message::ALLOW,
-            )));
+            r.headers
+                .push(Header::Allow(rsipstack::sip::Allow::new(self.allow)));
             r
         };
         incoming.responder.respond(r);

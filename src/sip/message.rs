@@ -30,6 +30,8 @@ pub enum Framing {
 
 /// The methods stox implements as a UAS; everything else gets 405 (known) or 501 (unknown).
 pub const ALLOW: &str = "MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY";
+/// The same with chat sessions (RFC 7573) on.
+pub const ALLOW_WITH_CHAT: &str = "MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY, INVITE, ACK, BYE, CANCEL";
 
 /// The option tags (RFC 3261 19.2) stox implements; a request that requires any other gets
 /// 420 with Unsupported (8.2.2.3).
