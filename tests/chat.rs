@@ -57,6 +57,55 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// An msrps peer: its listener presents `identity` (RFC 4975 section 14).
+    fn new_tls(
+        rt: &tokio::runtime::Runtime,
+        session_id: &str,
+        dir: &std::path::Path,
+        pki: &TestPki,
+        identity: &Leaf,
+    ) -> Peer {
+        let ctx = stox::sip::tls::TlsContext::load(
+            &identity.cert,
+            &identity.key,
+            Some(&pki.ca_file(dir)),
+            true,
+        )
+        .unwrap();
+        let listener = rt
+            .block_on(MsrpListener::bind_tls(
+                "127.0.0.1:0".parse().unwrap(),
+                ctx.acceptor(),
+            ))
+            .unwrap();
+        let mut uri = MsrpUri::new("127.0.0.1", listener.local_addr().port(), session_id);
+        uri.secure = true;
+        Peer { listener, uri }
+    }
+}
+
+/// stox with `[sip.tls]` (a certificate for localhost and 127.0.0.1, `pki` as its roots),
+/// an msrp and an msrps listener, `prefer` in `[msrp]`.
+fn stox_msrps(
+    dir: &std::path::Path,
+    prosody: &Prosody,
+    pki: &TestPki,
+    uas_port: u16,
+    msrp: &str,
+) -> Stox {
+    let identity = pki.leaf(dir, "stox", &["localhost", "127.0.0.1"]);
+    let extra = format!(
+        "[sip.routes]\n\"sip.test\" = \"sip:127.0.0.1:{uas_port};transport=udp\"\n\
+         [msrp]\nlisten = \"127.0.0.1:{}\"\ntls_listen = \"127.0.0.1:{}\"\n{msrp}\n",
+        free_port(),
+        free_port()
+    );
+    let stox = Stox::start_tls(dir, prosody.component_port, pki, &identity, &extra);
+    stox.wait_online(1);
+    stox
+}
+
 /// Waits for stox's connection.
 fn accept(rt: &tokio::runtime::Runtime, pending: PendingSession) -> SessionHandle {
     rt.block_on(async { tokio::time::timeout(SECS10, pending.connected()).await })
@@ -82,10 +131,16 @@ fn send(rt: &tokio::runtime::Runtime, h: &SessionHandle, out: Outgoing) {
     rt.block_on(h.send(out)).unwrap();
 }
 
+/// Romeo's SDP: `TCP/TLS/MSRP` when `uri` is `msrps:`.
 fn sdp(uri: &MsrpUri, setup: &str, types: &str) -> String {
+    let proto = if uri.secure {
+        "TCP/TLS/MSRP"
+    } else {
+        "TCP/MSRP"
+    };
     format!(
         "v=0\r\no=romeo 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-         m=message {} TCP/MSRP *\r\na=accept-types:{types}\r\n\
+         m=message {} {proto} *\r\na=accept-types:{types}\r\n\
          a=accept-wrapped-types:text/plain application/im-iscomposing+xml\r\n\
          a=path:{uri}\r\na=setup:{setup}\r\n",
         uri.port_or_default()
@@ -485,4 +540,112 @@ fn an_invite_refused_with_488_falls_back_to_message_in_order() {
         "{:?}",
         juliet.stanzas_seen()
     );
+}
+
+#[test]
+fn a_sip_user_opens_an_msrps_session_to_juliet_and_stox_connects_over_tls() {
+    let dir = temp_dir();
+    let rt = rt();
+    let pki = TestPki::new();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let stox = stox_msrps(dir.path(), &prosody, &pki, free_port(), "");
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+
+    // Romeo's MSRP peer listens with TLS; its certificate names 127.0.0.1, the host of its
+    // msrps: path, which stox must check (RFC 4975 14.2).
+    let identity = pki.leaf(dir.path(), "romeo", &["127.0.0.1"]);
+    let peer = Peer::new_tls(&rt, "romeotls1", dir.path(), &pki, &identity);
+    let pending = peer.expect();
+    let uac = Sipp::spawn_uac(
+        dir.path(),
+        "uac",
+        &invite_uac(&sdp(&peer.uri, "passive", "text/plain message/cpim")),
+        &format!("127.0.0.1:{}", stox.sip_port),
+        &[],
+    );
+    let mut h = accept(&rt, pending);
+    let mut m = Outgoing::new(
+        "text/plain",
+        "But soft, what light through yonder window breaks?",
+    );
+    m.transaction_id = TransactionId::new("romeotls01");
+    send(&rt, &h, m);
+    let s = juliet.expect_stanza(&["yonder window"], SECS10);
+    assert!(
+        s.contains("type=\"chat\"") && s.contains("id=\"romeotls01\""),
+        "{s}"
+    );
+    let thread = s
+        .split("<thread>")
+        .nth(1)
+        .and_then(|t| t.split("</thread>").next())
+        .expect("a thread")
+        .to_string();
+    juliet.send(ROMEO, "Romeo, Romeo!", Some(&thread), "jtls-1");
+    juliet.send(ROMEO, "Wherefore art thou", Some(&thread), "jtls-2");
+    for expected in ["Romeo, Romeo!", "Wherefore art thou"] {
+        let r = next_message(&rt, &mut h);
+        assert!(r.content_type.starts_with("text/plain"), "{}", r.content_type);
+        assert_eq!(text(&r), expected);
+    }
+    juliet.send_raw(&chat_xml(
+        "cs-tls",
+        &thread,
+        "<gone xmlns='http://jabber.org/protocol/chatstates'/>",
+    ));
+    let r = uac.finish(Duration::from_secs(20));
+    r.assert_ok();
+    // stox's answer is MSRP over TLS with an msrps: path on its tls_listen port.
+    assert!(
+        r.messages.contains("m=message ") && r.messages.contains(" TCP/TLS/MSRP *"),
+        "{}",
+        r.messages
+    );
+    assert!(
+        r.messages.contains("a=path:msrps://127.0.0.1:"),
+        "{}",
+        r.messages
+    );
+    assert!(r.messages.contains("a=setup:active"), "{}", r.messages);
+    assert!(
+        !juliet
+            .stanzas_seen()
+            .iter()
+            .any(|s| s.contains("type=\"error\"")),
+        "{:?}",
+        juliet.stanzas_seen()
+    );
+}
+
+#[test]
+fn an_msrps_offer_gets_488_without_an_msrps_listener() {
+    let dir = temp_dir();
+    let rt = rt();
+    let pki = TestPki::new();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let stox = Stox::start(
+        dir.path(),
+        prosody.component_port,
+        &stox_extra(free_port(), free_port()),
+    );
+    stox.wait_online(1);
+    let identity = pki.leaf(dir.path(), "romeo", &["127.0.0.1"]);
+    let peer = Peer::new_tls(&rt, "romeotls2", dir.path(), &pki, &identity);
+    let scenario = invite_uac(&sdp(&peer.uri, "passive", "text/plain")).replace(
+        r#"<recv response="200" rtd="true" />"#,
+        r#"<recv response="488" />"#,
+    );
+    // After the 488: ACK it (same branch, as a non-2xx ACK is hop by hop) and end there.
+    let scenario = match scenario.find("<recv request=\"BYE\" />") {
+        Some(i) => format!("{}</scenario>\n", &scenario[..i]),
+        None => scenario,
+    };
+    let r = Sipp::run_uac(
+        dir.path(),
+        "uac488",
+        &scenario,
+        &format!("127.0.0.1:{}", stox.sip_port),
+        &[],
+    );
+    assert!(r.messages.contains("SIP/2.0 488"), "{}", r.messages);
 }
