@@ -585,7 +585,11 @@ fn a_sip_user_opens_an_msrps_session_to_juliet_and_stox_connects_over_tls() {
     juliet.send(ROMEO, "Wherefore art thou", Some(&thread), "jtls-2");
     for expected in ["Romeo, Romeo!", "Wherefore art thou"] {
         let r = next_message(&rt, &mut h);
-        assert!(r.content_type.starts_with("text/plain"), "{}", r.content_type);
+        assert!(
+            r.content_type.starts_with("text/plain"),
+            "{}",
+            r.content_type
+        );
         assert_eq!(text(&r), expected);
     }
     juliet.send_raw(&chat_xml(
@@ -648,4 +652,134 @@ fn an_msrps_offer_gets_488_without_an_msrps_listener() {
         &[],
     );
     assert!(r.messages.contains("SIP/2.0 488"), "{}", r.messages);
+}
+
+/// A header's value in a SIP message (full names, case-insensitive).
+fn header<'a>(msg: &'a str, name: &str) -> &'a str {
+    msg.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+        .unwrap_or_else(|| panic!("no {name} in {msg}"))
+}
+
+/// The next SIP request of `method` on `sock`, skipping others (retransmissions).
+fn recv_request(sock: &std::net::UdpSocket, method: &str) -> (String, std::net::SocketAddr) {
+    let deadline = std::time::Instant::now() + SECS10;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no {method} in time");
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if m.starts_with(&format!("{method} ")) {
+            return (m, from);
+        }
+    }
+}
+
+fn response_for(request: &str, to_tag: Option<&str>, extra: &str, body: &str) -> String {
+    let to = match to_tag {
+        Some(t) => format!("{};tag={t}", header(request, "To")),
+        None => header(request, "To").to_string(),
+    };
+    format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        header(request, "Via"),
+        header(request, "From"),
+        header(request, "Call-ID"),
+        header(request, "CSeq"),
+        body.len()
+    )
+}
+
+#[test]
+fn juliet_opens_an_msrps_session_and_the_sip_peer_connects_over_tls() {
+    let dir = temp_dir();
+    let rt = rt();
+    let pki = TestPki::new();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    // Romeo's UA: a UDP socket of the test, so that the peer can read stox's a=path.
+    let uas = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    uas.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let uas_port = uas.local_addr().unwrap().port();
+    let _stox = stox_msrps(dir.path(), &prosody, &pki, uas_port, "prefer_tls = true");
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+
+    juliet.send(ROMEO, "Good night, good night!", Some("tls-x1"), "jx-0001");
+    juliet.send(
+        ROMEO,
+        "Parting is such sweet sorrow",
+        Some("tls-x1"),
+        "jx-0002",
+    );
+    let (invite, from) = recv_request(&uas, "INVITE");
+    assert!(invite.contains(" TCP/TLS/MSRP *\r\n"), "{invite}");
+    let path = invite
+        .lines()
+        .find_map(|l| l.strip_prefix("a=path:"))
+        .unwrap_or_else(|| panic!("no a=path in {invite}"));
+    let stox_path = stox::msrp::uri::parse_path(path).unwrap();
+    assert!(stox_path[0].secure, "{path}");
+
+    // Answer active: the peer connects to stox's msrps: listener.
+    let mut me = MsrpUri::new("127.0.0.1", 9, "romeotls3");
+    me.secure = true;
+    let answer = sdp(&me, "active", "text/plain");
+    let ok = response_for(
+        &invite,
+        Some("romeotag"),
+        &format!("Contact: <sip:romeo@127.0.0.1:{uas_port}>\r\nContent-Type: application/sdp\r\n"),
+        &answer,
+    );
+    uas.send_to(ok.as_bytes(), from).unwrap();
+    recv_request(&uas, "ACK");
+
+    let connector = tokio_rustls::TlsConnector::from(pki.client_config());
+    let first = &stox_path[0];
+    let session = Session::new(me, stox_path.clone(), Config::default());
+    let mut h = rt
+        .block_on(async {
+            tokio::time::timeout(
+                SECS10,
+                stox::msrp::conn::connect_tls(
+                    first.host_for_connect(),
+                    first.port_or_default(),
+                    session,
+                    connector,
+                ),
+            )
+            .await
+        })
+        .expect("connected in time")
+        .expect("stox's certificate verifies for the host of its msrps: path");
+    for expected in ["Good night, good night!", "Parting is such sweet sorrow"] {
+        let r = next_message(&rt, &mut h);
+        assert_eq!(text(&r), expected);
+    }
+    let mut m = Outgoing::new("text/plain", "Sleep dwell upon thine eyes");
+    m.transaction_id = TransactionId::new("romeotls04");
+    send(&rt, &h, m);
+    let s = juliet.expect_stanza(&["Sleep dwell upon thine eyes"], SECS10);
+    assert!(s.contains("<thread>tls-x1</thread>"), "{s}");
+
+    juliet.send_raw(&chat_xml(
+        "cs-tlsx",
+        "tls-x1",
+        "<gone xmlns='http://jabber.org/protocol/chatstates'/>",
+    ));
+    let (bye, from) = recv_request(&uas, "BYE");
+    uas.send_to(response_for(&bye, None, "", "").as_bytes(), from)
+        .unwrap();
+    assert!(
+        !juliet
+            .stanzas_seen()
+            .iter()
+            .any(|s| s.contains("type=\"error\"")),
+        "{:?}",
+        juliet.stanzas_seen()
+    );
 }
