@@ -213,6 +213,11 @@ pub struct MsrpConfig {
     pub listen: Option<SocketAddr>,
     /// The host written in a=path (and SDP c=) when the listen address is not reachable.
     pub advertise: Option<String>,
+    /// The `msrps:` (MSRP over TLS, RFC 4975 section 14) listener, with the certificate of
+    /// `[sip.tls]`; needs `listen` and `[sip.tls]`.
+    pub tls_listen: Option<SocketAddr>,
+    /// Offer msrps in every INVITE, not only when the SIP leg is secure.
+    pub prefer_tls: bool,
 }
 
 /// `[chat]`: limits of chat sessions (RFC 7573).
@@ -305,6 +310,9 @@ struct RawConfig {
 struct RawMsrp {
     listen: Option<String>,
     advertise: Option<String>,
+    tls_listen: Option<String>,
+    #[serde(default)]
+    prefer_tls: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -757,6 +765,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         nameservers.push(addr);
     }
 
+    let msrp = validate_msrp(raw.msrp, tls.is_some())?;
     Ok(Config {
         xmpp: XmppConfig {
             jid,
@@ -784,7 +793,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         },
         dns: DnsConfig { nameservers },
         presence: validate_presence(raw.presence)?,
-        msrp: validate_msrp(raw.msrp)?,
+        msrp,
         chat: validate_chat(raw.chat)?,
         store: StoreConfig {
             path: std::path::PathBuf::from(
@@ -798,17 +807,43 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
-fn validate_msrp(raw: RawMsrp) -> Result<MsrpConfig, ConfigError> {
-    let listen = match raw.listen.as_deref().map(str::trim) {
-        None => None,
-        Some(l) => Some(l.parse::<SocketAddr>().map_err(|_| {
-            ConfigError::invalid(
-                "msrp.listen",
-                l,
-                "expected IP:PORT, e.g. \"192.0.2.1:2855\"",
-            )
-        })?),
+fn validate_msrp(raw: RawMsrp, have_tls: bool) -> Result<MsrpConfig, ConfigError> {
+    let addr = |key: &str, v: Option<&str>, example: &str| match v.map(str::trim) {
+        None => Ok(None),
+        Some(l) => l.parse::<SocketAddr>().map(Some).map_err(|_| {
+            ConfigError::invalid(key, l, format!("expected IP:PORT, e.g. \"{example}\""))
+        }),
     };
+    let listen = addr("msrp.listen", raw.listen.as_deref(), "192.0.2.1:2855")?;
+    let tls_listen = addr(
+        "msrp.tls_listen",
+        raw.tls_listen.as_deref(),
+        "192.0.2.1:2856",
+    )?;
+    if let Some(t) = tls_listen {
+        if listen.is_none() {
+            return Err(ConfigError::new(
+                "msrp.tls_listen",
+                "needs msrp.listen (chat sessions are on only with it)",
+            ));
+        }
+        if !have_tls {
+            return Err(ConfigError::new(
+                "msrp.tls_listen",
+                "needs [sip.tls] with a certificate and private_key (the msrps listener presents it)",
+            ));
+        }
+        if listen == Some(t) {
+            return Err(ConfigError::invalid(
+                "msrp.tls_listen",
+                &t.to_string(),
+                "is msrp.listen too",
+            ));
+        }
+    }
+    if raw.prefer_tls && tls_listen.is_none() {
+        return Err(ConfigError::new("msrp.prefer_tls", "needs msrp.tls_listen"));
+    }
     let advertise = match raw.advertise.map(|a| a.trim().to_string()) {
         None => None,
         Some(a) => {
@@ -824,15 +859,20 @@ fn validate_msrp(raw: RawMsrp) -> Result<MsrpConfig, ConfigError> {
             Some(a)
         }
     };
-    if let Some(l) = listen {
-        if l.ip().is_unspecified() && advertise.is_none() {
+    for (key, l) in [("msrp.listen", listen), ("msrp.tls_listen", tls_listen)] {
+        if l.is_some_and(|l| l.ip().is_unspecified()) && advertise.is_none() {
             return Err(ConfigError::new(
                 "msrp.advertise",
-                "is required when msrp.listen is an unspecified address (0.0.0.0 or [::])",
+                format!("is required when {key} is an unspecified address (0.0.0.0 or [::])"),
             ));
         }
     }
-    Ok(MsrpConfig { listen, advertise })
+    Ok(MsrpConfig {
+        listen,
+        advertise,
+        tls_listen,
+        prefer_tls: raw.prefer_tls,
+    })
 }
 
 fn validate_chat(raw: RawChat) -> Result<ChatConfig, ConfigError> {
@@ -1212,6 +1252,25 @@ domains = ["example.com"]
     }
 
     #[test]
+    fn an_msrps_listener_takes_the_certificate_of_sip_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::parse(&format!(
+            "{MINIMAL}[msrp]\nlisten = \"127.0.0.1:2855\"\ntls_listen = \"[::1]:2856\"\nprefer_tls = true\n{}",
+            tls_table(dir.path())
+        ))
+        .unwrap();
+        assert_eq!(c.msrp.tls_listen, Some("[::1]:2856".parse().unwrap()));
+        assert!(c.msrp.prefer_tls);
+        let e = Config::parse(&format!(
+            "{MINIMAL}[msrp]\ntls_listen = \"127.0.0.1:2856\"\n{}",
+            tls_table(dir.path())
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("msrp.tls_listen: needs msrp.listen"), "{e}");
+    }
+
+    #[test]
     fn a_tls_listener_without_a_certificate_names_sip_tls_certificate() {
         let e = err(&format!(
             "{MINIMAL}[sip]\nlisten = [\"udp:127.0.0.1:5060\", \"tls:127.0.0.1:5061\"]\n"
@@ -1275,6 +1334,25 @@ domains = ["example.com"]
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("msrp.advertise: "), "{e}");
+        let e = Config::parse(&format!(
+            "{base}[msrp]\nlisten = \"127.0.0.1:2855\"\ntls_listen = \"127.0.0.1:2856\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("msrp.tls_listen: needs [sip.tls]"), "{e}");
+        let e = Config::parse(&format!("{base}[msrp]\ntls_listen = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("msrp.tls_listen: \"x\" is not valid"), "{e}");
+        let e = Config::parse(&format!(
+            "{base}[msrp]\nlisten = \"127.0.0.1:2855\"\nprefer_tls = true\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("msrp.prefer_tls: needs msrp.tls_listen"),
+            "{e}"
+        );
         let e = Config::parse(&format!("{base}[chat]\nchunk_size = 1\n"))
             .unwrap_err()
             .to_string();

@@ -57,6 +57,55 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// An msrps peer: its listener presents `identity` (RFC 4975 section 14).
+    fn new_tls(
+        rt: &tokio::runtime::Runtime,
+        session_id: &str,
+        dir: &std::path::Path,
+        pki: &TestPki,
+        identity: &Leaf,
+    ) -> Peer {
+        let ctx = stox::sip::tls::TlsContext::load(
+            &identity.cert,
+            &identity.key,
+            Some(&pki.ca_file(dir)),
+            true,
+        )
+        .unwrap();
+        let listener = rt
+            .block_on(MsrpListener::bind_tls(
+                "127.0.0.1:0".parse().unwrap(),
+                ctx.acceptor(),
+            ))
+            .unwrap();
+        let mut uri = MsrpUri::new("127.0.0.1", listener.local_addr().port(), session_id);
+        uri.secure = true;
+        Peer { listener, uri }
+    }
+}
+
+/// stox with `[sip.tls]` (a certificate for localhost and 127.0.0.1, `pki` as its roots),
+/// an msrp and an msrps listener, `prefer` in `[msrp]`.
+fn stox_msrps(
+    dir: &std::path::Path,
+    prosody: &Prosody,
+    pki: &TestPki,
+    uas_port: u16,
+    msrp: &str,
+) -> Stox {
+    let identity = pki.leaf(dir, "stox", &["localhost", "127.0.0.1"]);
+    let extra = format!(
+        "[sip.routes]\n\"sip.test\" = \"sip:127.0.0.1:{uas_port};transport=udp\"\n\
+         [msrp]\nlisten = \"127.0.0.1:{}\"\ntls_listen = \"127.0.0.1:{}\"\n{msrp}\n",
+        free_port(),
+        free_port()
+    );
+    let stox = Stox::start_tls(dir, prosody.component_port, pki, &identity, &extra);
+    stox.wait_online(1);
+    stox
+}
+
 /// Waits for stox's connection.
 fn accept(rt: &tokio::runtime::Runtime, pending: PendingSession) -> SessionHandle {
     rt.block_on(async { tokio::time::timeout(SECS10, pending.connected()).await })
@@ -82,10 +131,16 @@ fn send(rt: &tokio::runtime::Runtime, h: &SessionHandle, out: Outgoing) {
     rt.block_on(h.send(out)).unwrap();
 }
 
+/// Romeo's SDP: `TCP/TLS/MSRP` when `uri` is `msrps:`.
 fn sdp(uri: &MsrpUri, setup: &str, types: &str) -> String {
+    let proto = if uri.secure {
+        "TCP/TLS/MSRP"
+    } else {
+        "TCP/MSRP"
+    };
     format!(
         "v=0\r\no=romeo 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-         m=message {} TCP/MSRP *\r\na=accept-types:{types}\r\n\
+         m=message {} {proto} *\r\na=accept-types:{types}\r\n\
          a=accept-wrapped-types:text/plain application/im-iscomposing+xml\r\n\
          a=path:{uri}\r\na=setup:{setup}\r\n",
         uri.port_or_default()
@@ -477,6 +532,248 @@ fn an_invite_refused_with_488_falls_back_to_message_in_order() {
         r.messages
     );
     std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !juliet
+            .stanzas_seen()
+            .iter()
+            .any(|s| s.contains("type=\"error\"")),
+        "{:?}",
+        juliet.stanzas_seen()
+    );
+}
+
+#[test]
+fn a_sip_user_opens_an_msrps_session_to_juliet_and_stox_connects_over_tls() {
+    let dir = temp_dir();
+    let rt = rt();
+    let pki = TestPki::new();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let stox = stox_msrps(dir.path(), &prosody, &pki, free_port(), "");
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+
+    // Romeo's MSRP peer listens with TLS; its certificate names 127.0.0.1, the host of its
+    // msrps: path, which stox must check (RFC 4975 14.2).
+    let identity = pki.leaf(dir.path(), "romeo", &["127.0.0.1"]);
+    let peer = Peer::new_tls(&rt, "romeotls1", dir.path(), &pki, &identity);
+    let pending = peer.expect();
+    let uac = Sipp::spawn_uac(
+        dir.path(),
+        "uac",
+        &invite_uac(&sdp(&peer.uri, "passive", "text/plain message/cpim")),
+        &format!("127.0.0.1:{}", stox.sip_port),
+        &[],
+    );
+    let mut h = accept(&rt, pending);
+    let mut m = Outgoing::new(
+        "text/plain",
+        "But soft, what light through yonder window breaks?",
+    );
+    m.transaction_id = TransactionId::new("romeotls01");
+    send(&rt, &h, m);
+    let s = juliet.expect_stanza(&["yonder window"], SECS10);
+    assert!(
+        s.contains("type=\"chat\"") && s.contains("id=\"romeotls01\""),
+        "{s}"
+    );
+    let thread = s
+        .split("<thread>")
+        .nth(1)
+        .and_then(|t| t.split("</thread>").next())
+        .expect("a thread")
+        .to_string();
+    juliet.send(ROMEO, "Romeo, Romeo!", Some(&thread), "jtls-1");
+    juliet.send(ROMEO, "Wherefore art thou", Some(&thread), "jtls-2");
+    for expected in ["Romeo, Romeo!", "Wherefore art thou"] {
+        let r = next_message(&rt, &mut h);
+        assert!(
+            r.content_type.starts_with("text/plain"),
+            "{}",
+            r.content_type
+        );
+        assert_eq!(text(&r), expected);
+    }
+    juliet.send_raw(&chat_xml(
+        "cs-tls",
+        &thread,
+        "<gone xmlns='http://jabber.org/protocol/chatstates'/>",
+    ));
+    let r = uac.finish(Duration::from_secs(20));
+    r.assert_ok();
+    // stox's answer is MSRP over TLS with an msrps: path on its tls_listen port.
+    assert!(
+        r.messages.contains("m=message ") && r.messages.contains(" TCP/TLS/MSRP *"),
+        "{}",
+        r.messages
+    );
+    assert!(
+        r.messages.contains("a=path:msrps://127.0.0.1:"),
+        "{}",
+        r.messages
+    );
+    assert!(r.messages.contains("a=setup:active"), "{}", r.messages);
+    assert!(
+        !juliet
+            .stanzas_seen()
+            .iter()
+            .any(|s| s.contains("type=\"error\"")),
+        "{:?}",
+        juliet.stanzas_seen()
+    );
+}
+
+#[test]
+fn an_msrps_offer_gets_488_without_an_msrps_listener() {
+    let dir = temp_dir();
+    let rt = rt();
+    let pki = TestPki::new();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let stox = Stox::start(
+        dir.path(),
+        prosody.component_port,
+        &stox_extra(free_port(), free_port()),
+    );
+    stox.wait_online(1);
+    let identity = pki.leaf(dir.path(), "romeo", &["127.0.0.1"]);
+    let peer = Peer::new_tls(&rt, "romeotls2", dir.path(), &pki, &identity);
+    let scenario = invite_uac(&sdp(&peer.uri, "passive", "text/plain")).replace(
+        r#"<recv response="200" rtd="true" />"#,
+        r#"<recv response="488" />"#,
+    );
+    // After the 488: ACK it (same branch, as a non-2xx ACK is hop by hop) and end there.
+    let scenario = match scenario.find("<recv request=\"BYE\" />") {
+        Some(i) => format!("{}</scenario>\n", &scenario[..i]),
+        None => scenario,
+    };
+    let r = Sipp::run_uac(
+        dir.path(),
+        "uac488",
+        &scenario,
+        &format!("127.0.0.1:{}", stox.sip_port),
+        &[],
+    );
+    assert!(r.messages.contains("SIP/2.0 488"), "{}", r.messages);
+}
+
+/// A header's value in a SIP message (full names, case-insensitive).
+fn header<'a>(msg: &'a str, name: &str) -> &'a str {
+    msg.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+        .unwrap_or_else(|| panic!("no {name} in {msg}"))
+}
+
+/// The next SIP request of `method` on `sock`, skipping others (retransmissions).
+fn recv_request(sock: &std::net::UdpSocket, method: &str) -> (String, std::net::SocketAddr) {
+    let deadline = std::time::Instant::now() + SECS10;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no {method} in time");
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if m.starts_with(&format!("{method} ")) {
+            return (m, from);
+        }
+    }
+}
+
+fn response_for(request: &str, to_tag: Option<&str>, extra: &str, body: &str) -> String {
+    let to = match to_tag {
+        Some(t) => format!("{};tag={t}", header(request, "To")),
+        None => header(request, "To").to_string(),
+    };
+    format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        header(request, "Via"),
+        header(request, "From"),
+        header(request, "Call-ID"),
+        header(request, "CSeq"),
+        body.len()
+    )
+}
+
+#[test]
+fn juliet_opens_an_msrps_session_and_the_sip_peer_connects_over_tls() {
+    let dir = temp_dir();
+    let rt = rt();
+    let pki = TestPki::new();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    // Romeo's UA: a UDP socket of the test, so that the peer can read stox's a=path.
+    let uas = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    uas.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let uas_port = uas.local_addr().unwrap().port();
+    let _stox = stox_msrps(dir.path(), &prosody, &pki, uas_port, "prefer_tls = true");
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+
+    juliet.send(ROMEO, "Good night, good night!", Some("tls-x1"), "jx-0001");
+    juliet.send(
+        ROMEO,
+        "Parting is such sweet sorrow",
+        Some("tls-x1"),
+        "jx-0002",
+    );
+    let (invite, from) = recv_request(&uas, "INVITE");
+    assert!(invite.contains(" TCP/TLS/MSRP *\r\n"), "{invite}");
+    let path = invite
+        .lines()
+        .find_map(|l| l.strip_prefix("a=path:"))
+        .unwrap_or_else(|| panic!("no a=path in {invite}"));
+    let stox_path = stox::msrp::uri::parse_path(path).unwrap();
+    assert!(stox_path[0].secure, "{path}");
+
+    // Answer active: the peer connects to stox's msrps: listener.
+    let mut me = MsrpUri::new("127.0.0.1", 9, "romeotls3");
+    me.secure = true;
+    let answer = sdp(&me, "active", "text/plain");
+    let ok = response_for(
+        &invite,
+        Some("romeotag"),
+        &format!("Contact: <sip:romeo@127.0.0.1:{uas_port}>\r\nContent-Type: application/sdp\r\n"),
+        &answer,
+    );
+    uas.send_to(ok.as_bytes(), from).unwrap();
+    recv_request(&uas, "ACK");
+
+    let connector = tokio_rustls::TlsConnector::from(pki.client_config());
+    let first = &stox_path[0];
+    let session = Session::new(me, stox_path.clone(), Config::default());
+    let mut h = rt
+        .block_on(async {
+            tokio::time::timeout(
+                SECS10,
+                stox::msrp::conn::connect_tls(
+                    first.host_for_connect(),
+                    first.port_or_default(),
+                    session,
+                    connector,
+                ),
+            )
+            .await
+        })
+        .expect("connected in time")
+        .expect("stox's certificate verifies for the host of its msrps: path");
+    for expected in ["Good night, good night!", "Parting is such sweet sorrow"] {
+        let r = next_message(&rt, &mut h);
+        assert_eq!(text(&r), expected);
+    }
+    let mut m = Outgoing::new("text/plain", "Sleep dwell upon thine eyes");
+    m.transaction_id = TransactionId::new("romeotls04");
+    send(&rt, &h, m);
+    let s = juliet.expect_stanza(&["Sleep dwell upon thine eyes"], SECS10);
+    assert!(s.contains("<thread>tls-x1</thread>"), "{s}");
+
+    juliet.send_raw(&chat_xml(
+        "cs-tlsx",
+        "tls-x1",
+        "<gone xmlns='http://jabber.org/protocol/chatstates'/>",
+    ));
+    let (bye, from) = recv_request(&uas, "BYE");
+    uas.send_to(response_for(&bye, None, "", "").as_bytes(), from)
+        .unwrap();
     assert!(
         !juliet
             .stanzas_seen()

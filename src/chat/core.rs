@@ -75,6 +75,14 @@ pub struct ChatSettings {
     pub msrp_port: u16,
     /// The address in SDP o= and c=.
     pub msrp_ip: IpAddr,
+    /// The msrps (TLS) listener's port, when `[msrp] tls_listen` is set; without it
+    /// `TCP/TLS/MSRP` offers get 488 and stox offers plain MSRP only.
+    pub msrps_port: Option<u16>,
+    /// `[msrp] prefer_tls`: offer msrps to every SIP user, not only over a secure SIP leg.
+    pub prefer_tls: bool,
+    /// Domains whose INVITEs go over TLS (a `sips:` or `transport=tls` route); `"*"`: all
+    /// of them (such an outbound proxy).
+    pub tls_domains: Vec<String>,
 }
 
 impl Default for ChatSettings {
@@ -91,6 +99,9 @@ impl Default for ChatSettings {
             msrp_host: "127.0.0.1".into(),
             msrp_port: 2855,
             msrp_ip: IpAddr::from([127, 0, 0, 1]),
+            msrps_port: None,
+            prefer_tls: false,
+            tls_domains: Vec::new(),
         }
     }
 }
@@ -121,12 +132,13 @@ pub enum Action {
         id: ChatId,
         session: msrp::Session,
     },
-    /// Connect to the peer (we are the active side).
+    /// Connect to the peer (we are the active side); over TLS verifying `host` when `tls`.
     MsrpConnect {
         id: ChatId,
         session: msrp::Session,
         host: String,
         port: u16,
+        tls: bool,
     },
     MsrpSend {
         id: ChatId,
@@ -159,8 +171,15 @@ impl std::fmt::Debug for Action {
             Action::MsrpExpect { id, session } => {
                 write!(f, "MsrpExpect({id}, {})", session.local())
             }
-            Action::MsrpConnect { id, host, port, .. } => {
-                write!(f, "MsrpConnect({id}, {host}:{port})")
+            Action::MsrpConnect {
+                id,
+                host,
+                port,
+                tls,
+                ..
+            } => {
+                let scheme = if *tls { "msrps" } else { "msrp" };
+                write!(f, "MsrpConnect({id}, {scheme}://{host}:{port})")
             }
             Action::MsrpSend { id, message } => {
                 write!(f, "MsrpSend({id}, {:?})", message.message_id)
@@ -444,15 +463,17 @@ impl ChatCore {
             .max()
     }
 
-    fn local_media(&self) -> (MsrpUri, LocalMedia) {
-        let uri = MsrpUri::new(
-            self.settings.msrp_host.clone(),
-            self.settings.msrp_port,
-            random_token(20),
-        );
+    /// Our URI and media line: `msrps:` on the TLS listener when `tls` (and it exists).
+    fn local_media(&self, tls: bool) -> (MsrpUri, LocalMedia) {
+        let port = match self.settings.msrps_port {
+            Some(p) if tls => p,
+            _ => self.settings.msrp_port,
+        };
+        let mut uri = MsrpUri::new(self.settings.msrp_host.clone(), port, random_token(20));
+        uri.secure = tls && self.settings.msrps_port.is_some();
         let media = LocalMedia {
             address: self.settings.msrp_ip,
-            port: self.settings.msrp_port,
+            port,
             uri: uri.clone(),
             session_id: rand::random::<u32>() as u64,
             session_version: 1,
@@ -466,6 +487,22 @@ impl ChatCore {
             max_message_size: self.settings.max_message_size,
             ..msrp::Config::default()
         }
+    }
+
+    /// Whether an INVITE to `peer` offers msrps: with a TLS listener, when the SIP leg is
+    /// secure (a `sips:` URI, or a TLS route for its domain) or `prefer_tls` says so.
+    fn offer_tls(&self, peer: &SipAddress) -> bool {
+        if self.settings.msrps_port.is_none() {
+            return false;
+        }
+        let domain = peer.host.trim_end_matches('.');
+        self.settings.prefer_tls
+            || peer.scheme == crate::address::UriScheme::Sips
+            || self
+                .settings
+                .tls_domains
+                .iter()
+                .any(|d| d == "*" || d.eq_ignore_ascii_case(domain))
     }
 
     fn contact(&self) -> String {
@@ -499,7 +536,7 @@ impl ChatCore {
                 return;
             }
         };
-        let (local_uri, media) = self.local_media();
+        let (local_uri, media) = self.local_media(self.offer_tls(&peer_sip));
         let offer = sdp::offer(&media);
         self.cseq = self.cseq % (1 << 30) + 1;
         let mut headers = Headers::default();
@@ -708,7 +745,7 @@ impl ChatCore {
         }
         let negotiated = sdp::parse(&response.body)
             .map_err(|e| e.to_string())
-            .and_then(|s| sdp::accept_answer(&s).map_err(|e| e.to_string()));
+            .and_then(|s| sdp::accept_answer(&s, chat.local_uri.secure).map_err(|e| e.to_string()));
         let neg = match negotiated {
             Ok(n) => n,
             Err(e) => {
@@ -736,6 +773,7 @@ impl ChatCore {
                 session,
                 host,
                 port,
+                tls: neg.tls,
             });
         }
         let chat_up = chat.msrp_up;
@@ -959,7 +997,7 @@ impl ChatCore {
         if !request.body.is_empty() {
             let ok = sdp::parse(&request.body)
                 .ok()
-                .and_then(|s| sdp::accept_offer(&s).ok())
+                .and_then(|s| sdp::accept_offer(&s, chat.local_uri.secure).ok())
                 .is_some_and(|n| {
                     chat.negotiated
                         .as_ref()
@@ -1008,7 +1046,7 @@ impl ChatCore {
                 return answer(488);
             }
         };
-        let neg = match sdp::accept_offer(&offer) {
+        let neg = match sdp::accept_offer(&offer, self.settings.msrps_port.is_some()) {
             Ok(n) => n,
             Err(e) => {
                 tracing::info!(error = %e, "INVITE without acceptable MSRP media; 488.");
@@ -1042,7 +1080,7 @@ impl ChatCore {
             Ok(u) => u,
             Err(e) => return answer(e.sip_status()),
         };
-        let (local_uri, media) = self.local_media();
+        let (local_uri, media) = self.local_media(neg.tls);
         let local_sdp = sdp::answer(&offer, &media, &neg);
         let session = msrp::Session::new(
             local_uri.clone(),
@@ -1058,6 +1096,7 @@ impl ChatCore {
                 session,
                 host,
                 port,
+                tls: neg.tls,
             });
         } else {
             self.actions.push_back(Action::MsrpExpect { id, session });

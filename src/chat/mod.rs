@@ -77,8 +77,27 @@ enum MsrpCmd {
     Close,
 }
 
-pub fn settings(config: &Config, contact_host: String, msrp: SocketAddr) -> ChatSettings {
+pub fn settings(
+    config: &Config,
+    contact_host: String,
+    msrp: SocketAddr,
+    msrps: Option<SocketAddr>,
+) -> ChatSettings {
     let c = &config.chat;
+    let secure_hop = |uri: &str| {
+        let u = uri.trim().to_ascii_lowercase();
+        u.starts_with("sips:") || u.contains(";transport=tls")
+    };
+    let mut tls_domains: Vec<String> = config
+        .sip
+        .routes
+        .iter()
+        .filter(|(_, uri)| secure_hop(uri))
+        .map(|(d, _)| d.clone())
+        .collect();
+    if config.sip.outbound_proxy.as_deref().is_some_and(secure_hop) {
+        tls_domains.push("*".into());
+    }
     ChatSettings {
         max_sessions: c.max_sessions,
         max_per_user: c.max_sessions_per_user,
@@ -103,6 +122,9 @@ pub fn settings(config: &Config, contact_host: String, msrp: SocketAddr) -> Chat
             .as_deref()
             .and_then(|a| a.trim_matches(['[', ']']).parse().ok())
             .unwrap_or(msrp.ip()),
+        msrps_port: msrps.map(|a| a.port()),
+        prefer_tls: config.msrp.prefer_tls,
+        tls_domains,
     }
 }
 
@@ -120,14 +142,26 @@ pub async fn start(
     let listener = MsrpListener::bind(addr).await?;
     let local = listener.local_addr();
     tracing::info!(%local, "MSRP listening.");
+    let tls = config.sip.tls.as_ref().map(|t| t.context.clone());
+    let tls_listener = match (config.msrp.tls_listen, &tls) {
+        (Some(a), Some(ctx)) => {
+            let l = MsrpListener::bind_tls(a, ctx.acceptor()).await?;
+            tracing::info!(local = %l.local_addr(), "MSRP over TLS (msrps) listening.");
+            Some(l)
+        }
+        _ => None,
+    };
     crate::xmpp::service::enable_receipts();
     let contact = sip.contact_host().unwrap_or("127.0.0.1").to_string();
-    let core = ChatCore::new(settings(config, contact, local), addresses);
+    let msrps = tls_listener.as_ref().map(MsrpListener::local_addr);
+    let core = ChatCore::new(settings(config, contact, local, msrps), addresses);
     let (tx, rx) = mpsc::channel(8192);
     tokio::spawn(
         Edge {
             core,
             listener,
+            tls_listener,
+            connector: tls.map(|t| t.connector()),
             sip,
             xmpp,
             im,
@@ -148,6 +182,10 @@ fn now() -> std::time::Instant {
 struct Edge {
     core: ChatCore,
     listener: MsrpListener,
+    /// The msrps listener (`[msrp] tls_listen`).
+    tls_listener: Option<MsrpListener>,
+    /// Outbound msrps: the client configuration of `[sip.tls]`.
+    connector: Option<tokio_rustls::TlsConnector>,
     sip: SipHandle,
     xmpp: XmppLink,
     im: Arc<Im>,
@@ -274,7 +312,16 @@ impl Edge {
                 }
                 Action::MsrpExpect { id, session } => {
                     let session_id = session.local().session_id.clone().unwrap_or_default();
-                    match self.listener.expect(session) {
+                    let listener = if session.local().secure {
+                        self.tls_listener.as_ref()
+                    } else {
+                        Some(&self.listener)
+                    };
+                    let expected = match listener {
+                        Some(l) => l.expect(session),
+                        None => Err(conn::ConnError::Closed),
+                    };
+                    match expected {
                         Ok(pending) => {
                             self.worker(
                                 id,
@@ -294,10 +341,16 @@ impl Edge {
                     session,
                     host,
                     port,
+                    tls,
                 } => {
                     let session_id = session.local().session_id.clone().unwrap_or_default();
+                    let connector = self.connector.clone();
                     self.worker(id, itx, session_id, async move {
-                        conn::connect(&host, port, session).await
+                        match (tls, connector) {
+                            (false, _) => conn::connect(&host, port, session).await,
+                            (true, Some(c)) => conn::connect_tls(&host, port, session, c).await,
+                            (true, None) => Err(conn::ConnError::Closed),
+                        }
                     });
                 }
                 Action::MsrpSend { id, message } => {

@@ -8,6 +8,11 @@
 //!                 (481 for an unknown session, 506 for one already bound: RFC 4975 s7.3)
 //! ```
 //!
+//! One code path serves `msrp:` over TCP and `msrps:` over TLS (RFC 4975 section 14): the
+//! task, the router and the refusals are generic over the stream. [`MsrpListener::bind_tls`]
+//! accepts with the certificate of `[sip.tls]`; [`connect_tls`] verifies the peer's
+//! certificate against the host of the first URI of its path (section 14.2).
+//!
 //! The task keeps reading while it writes, so two peers sending large messages at each
 //! other cannot block on full TCP buffers; session output is pulled only while less than
 //! `HIGH_WATER` bytes wait, and reading stops while the application lags on events.
@@ -19,11 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::frame::{
     Decoded, Decoder, FailureReport, Frame, Headers, Limits, MessageId, Response, TransactionId,
@@ -37,6 +43,12 @@ const HIGH_WATER: usize = 64 * 1024;
 const EVENT_BACKLOG: usize = 64;
 /// How long an accepted connection may take to send its first request.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TLS handshake may take, either way.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an MSRP connection can run on: a `TcpStream` or a tokio-rustls stream.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -51,6 +63,10 @@ pub enum ConnError {
     AlreadyExpected(String),
     #[error("the local URI has no session-id")]
     NoSessionId,
+    #[error("{0:?} is neither a DNS name nor an IP address to verify a certificate against")]
+    ServerName(String),
+    #[error("TLS handshake did not complete in time")]
+    HandshakeTimeout,
 }
 
 enum Command {
@@ -100,13 +116,13 @@ impl SessionHandle {
 }
 
 /// Runs `session` on `stream`; `initial` holds bytes already read from it.
-pub fn spawn(stream: TcpStream, initial: Bytes, session: Session) -> SessionHandle {
+pub fn spawn<S: Stream>(stream: S, initial: Bytes, session: Session) -> SessionHandle {
     spawn_bound(stream, initial, session, None)
 }
 
 /// Like [`spawn`]; when the task ends, the session-id is released from the listener.
-fn spawn_bound(
-    stream: TcpStream,
+fn spawn_bound<S: Stream>(
+    stream: S,
     initial: Bytes,
     session: Session,
     bound: Option<(String, Arc<Mutex<Registry>>)>,
@@ -142,18 +158,42 @@ pub async fn connect(
     Ok(spawn(stream, Bytes::new(), session))
 }
 
+/// [`connect`] over TLS (an `msrps:` first hop): the peer's certificate must name `host`,
+/// the host of that URI (RFC 4975 section 14.2), checked by `connector` (the client
+/// configuration of `[sip.tls]`: its roots, and its `verify_peer_name`).
+pub async fn connect_tls(
+    host: &str,
+    port: u16,
+    mut session: Session,
+    connector: TlsConnector,
+) -> Result<SessionHandle, ConnError> {
+    let name =
+        crate::sip::tls::server_name(host).ok_or_else(|| ConnError::ServerName(host.into()))?;
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let tcp = TcpStream::connect((bare, port)).await?;
+    let _ = tcp.set_nodelay(true);
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| ConnError::HandshakeTimeout)??;
+    session.bind();
+    Ok(spawn(stream, Bytes::new(), session))
+}
+
 fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
 
-async fn drive(
-    stream: TcpStream,
+async fn drive<S: Stream>(
+    stream: S,
     initial: Bytes,
     mut session: Session,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
 ) -> Result<(), io::Error> {
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = vec![0u8; 16 * 1024];
     let mut out = BytesMut::new();
     let mut backlog: VecDeque<Event> = VecDeque::new();
@@ -268,11 +308,21 @@ impl Drop for PendingSession {
 }
 
 impl MsrpListener {
+    /// An `msrp:` (TCP) listener.
     pub async fn bind(addr: SocketAddr) -> io::Result<MsrpListener> {
+        MsrpListener::start(addr, None).await
+    }
+
+    /// An `msrps:` (TLS) listener presenting the certificate of `acceptor`.
+    pub async fn bind_tls(addr: SocketAddr, acceptor: TlsAcceptor) -> io::Result<MsrpListener> {
+        MsrpListener::start(addr, Some(acceptor)).await
+    }
+
+    async fn start(addr: SocketAddr, tls: Option<TlsAcceptor>) -> io::Result<MsrpListener> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let registry = Arc::new(Mutex::new(Registry::default()));
-        let task = tokio::spawn(accept_loop(listener, registry.clone()));
+        let task = tokio::spawn(accept_loop(listener, tls, registry.clone()));
         Ok(MsrpListener {
             addr,
             registry,
@@ -312,14 +362,31 @@ impl Drop for MsrpListener {
     }
 }
 
-async fn accept_loop(listener: TcpListener, registry: Arc<Mutex<Registry>>) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    registry: Arc<Mutex<Registry>>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let registry = registry.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = route(stream, registry).await {
+                    let r = match tls {
+                        None => route(stream, registry).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(s)) => route(s, registry).await,
+                                Ok(Err(e)) => Err(ConnError::Io(e)),
+                                Err(_) => Err(ConnError::HandshakeTimeout),
+                            }
+                        }
+                    };
+                    if let Err(e) = r {
                         tracing::debug!(%peer, error = %e, "MSRP connection not routed.");
                     }
                 });
@@ -333,7 +400,7 @@ async fn accept_loop(listener: TcpListener, registry: Arc<Mutex<Registry>>) {
 }
 
 /// Reads up to the first request and hands the connection to the session it names.
-async fn route(mut stream: TcpStream, registry: Arc<Mutex<Registry>>) -> Result<(), ConnError> {
+async fn route<S: Stream>(mut stream: S, registry: Arc<Mutex<Registry>>) -> Result<(), ConnError> {
     let mut decoder = Decoder::new(Limits::default());
     let mut seen = BytesMut::new();
     let mut buf = vec![0u8; 16 * 1024];
@@ -407,8 +474,8 @@ async fn route(mut stream: TcpStream, registry: Arc<Mutex<Registry>>) -> Result<
     }
 }
 
-async fn refuse(
-    stream: &mut TcpStream,
+async fn refuse<S: Stream>(
+    stream: &mut S,
     tid: &TransactionId,
     headers: &Headers,
     code: u16,
@@ -547,6 +614,76 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    fn tls_context(
+        dir: &std::path::Path,
+        pki: &crate::sip::tls::test_pki::Pki,
+        names: &[&str],
+    ) -> crate::sip::tls::TlsContext {
+        let leaf = pki.leaf(dir, &names.join("_"), names);
+        crate::sip::tls::TlsContext::load(&leaf.cert, &leaf.key, Some(&pki.write_ca(dir)), true)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn msrps_sessions_run_over_tls_and_the_certificate_must_name_the_path_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::sip::tls::test_pki::Pki::new("stox test CA");
+        let server = tls_context(dir.path(), &pki, &["127.0.0.1"]);
+        let client = tls_context(dir.path(), &pki, &["client.example"]);
+        let listener = MsrpListener::bind_tls("127.0.0.1:0".parse().unwrap(), server.acceptor())
+            .await
+            .unwrap();
+        let port = listener.local_addr().port();
+        let bob_uri = uri(&format!("msrps://127.0.0.1:{port}/bobs3ss10n;tcp"));
+        let alice_uri = uri("msrps://127.0.0.1:9/al1ces3ss10n;tcp");
+        let pending = listener
+            .expect(Session::new(
+                bob_uri.clone(),
+                vec![alice_uri.clone()],
+                Config::default(),
+            ))
+            .unwrap();
+        let alice = Session::new(alice_uri.clone(), vec![bob_uri.clone()], Config::default());
+        let mut alice = connect_tls("127.0.0.1", port, alice, client.connector())
+            .await
+            .unwrap();
+        let mut bob = tokio::time::timeout(Duration::from_secs(10), pending.connected())
+            .await
+            .unwrap()
+            .unwrap();
+        alice
+            .send(Outgoing::new("text/plain", "over TLS"))
+            .await
+            .unwrap();
+        let Event::Message(m) = next_matching(&mut bob, |e| matches!(e, Event::Message(_))).await
+        else {
+            unreachable!()
+        };
+        assert_eq!(&m.body[..], b"over TLS");
+        bob.send(Outgoing::new("text/plain", "and back"))
+            .await
+            .unwrap();
+        let Event::Message(m) = next_matching(&mut alice, |e| matches!(e, Event::Message(_))).await
+        else {
+            unreachable!()
+        };
+        assert_eq!(&m.body[..], b"and back");
+
+        // A path host the certificate does not name: the handshake fails (RFC 4975 14.2).
+        let s = Session::new(alice_uri.clone(), vec![bob_uri.clone()], Config::default());
+        let e = connect_tls("localhost", port, s, client.connector()).await;
+        assert!(matches!(e, Err(ConnError::Io(_))), "{:?}", e.err());
+        let s = Session::new(alice_uri.clone(), vec![bob_uri.clone()], Config::default());
+        let e = connect_tls("not a host!", port, s, client.connector()).await;
+        assert!(matches!(e, Err(ConnError::ServerName(_))), "{:?}", e.err());
+        // A plaintext client on the TLS listener gets nothing routed.
+        let mut plain = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let _ = plain.write_all(b"MSRP x SEND\r\n").await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut out)).await;
+        assert!(!out.starts_with(b"MSRP"), "{out:?}");
     }
 
     #[tokio::test]

@@ -11,6 +11,10 @@
 //! `a=path` (section 8.1), and the last URI of it is the peer's own, which its requests
 //! carry in From-Path. Who opens the TCP connection is RFC 6135's `a=setup`; without it,
 //! RFC 4975's rule holds: the offerer connects.
+//!
+//! `TCP/TLS/MSRP` is MSRP over TLS (RFC 4975 sections 8.1 and 14): its path starts with an
+//! `msrps:` URI, ours is `msrps:` too, and it is only accepted where an msrps listener
+//! (a certificate) exists. A proto that contradicts the scheme of the first hop is refused.
 
 use std::net::IpAddr;
 
@@ -106,8 +110,12 @@ pub enum Reject {
     NoMsrpMedia,
     #[error("the MSRP media is disabled (port 0)")]
     PortZero,
-    #[error("MSRP over TLS (msrps, TCP/TLS/MSRP) is not supported")]
+    #[error("MSRP over TLS (TCP/TLS/MSRP) is offered but no msrps listener is configured")]
     Tls,
+    #[error("the proto {0} does not match the scheme of the first a=path URI")]
+    ProtoMismatch(String),
+    #[error("the answer's proto {0} is not the offered one")]
+    AnswerProto(String),
     #[error("no a=path")]
     NoPath,
     #[error("the peer accepts neither text/plain nor message/cpim")]
@@ -121,6 +129,8 @@ pub enum Reject {
 pub struct Negotiated {
     /// Our role; `Active` means we open the TCP connection.
     pub setup: Setup,
+    /// `TCP/TLS/MSRP`: the connection is TLS, our a=path is `msrps:`.
+    pub tls: bool,
     pub remote_path: Vec<MsrpUri>,
     /// Where to connect when active: the authority of the first URI of the peer's path.
     pub connect_to: (String, u16),
@@ -191,9 +201,13 @@ pub fn parse(sdp: &[u8]) -> Result<Sdp, SdpError> {
 }
 
 /// We are the answerer: is the offer acceptable, and who connects (RFC 6135 section 4.2:
-/// to `actpass` the answerer should say `active`).
-pub fn accept_offer(offer: &Sdp) -> Result<Negotiated, Reject> {
+/// to `actpass` the answerer should say `active`). `tls_available`: an msrps listener and
+/// certificate exist, so a `TCP/TLS/MSRP` offer can be taken.
+pub fn accept_offer(offer: &Sdp, tls_available: bool) -> Result<Negotiated, Reject> {
     let m = usable(offer)?;
+    if is_tls(m) && !tls_available {
+        return Err(Reject::Tls);
+    }
     let setup = match m.setup {
         // RFC 4975: the offerer connects.
         None | Some(Setup::Active) => Setup::Passive,
@@ -203,9 +217,12 @@ pub fn accept_offer(offer: &Sdp) -> Result<Negotiated, Reject> {
     Ok(negotiated(m, setup))
 }
 
-/// We offered `actpass`: read the answer's choice.
-pub fn accept_answer(answer: &Sdp) -> Result<Negotiated, Reject> {
+/// We offered `actpass` (over TLS when `offered_tls`): read the answer's choice.
+pub fn accept_answer(answer: &Sdp, offered_tls: bool) -> Result<Negotiated, Reject> {
     let m = usable(answer)?;
+    if is_tls(m) != offered_tls {
+        return Err(Reject::AnswerProto(m.proto.clone()));
+    }
     let setup = match m.setup {
         None | Some(Setup::Passive) => Setup::Active,
         Some(Setup::Active) => Setup::Passive,
@@ -220,17 +237,21 @@ fn usable(sdp: &Sdp) -> Result<&RemoteMedia, Reject> {
     if m.port == 0 {
         return Err(Reject::PortZero);
     }
-    if m.proto.eq_ignore_ascii_case("TCP/TLS/MSRP") || m.path.iter().any(|u| u.secure) {
-        return Err(Reject::Tls);
-    }
-    if m.path.is_empty() {
+    let Some(first) = m.path.first() else {
         return Err(Reject::NoPath);
+    };
+    if first.secure != is_tls(m) {
+        return Err(Reject::ProtoMismatch(m.proto.clone()));
     }
     let n = negotiated(m, Setup::Passive);
     if !n.cpim && !n.plain {
         return Err(Reject::NoCommonType);
     }
     Ok(m)
+}
+
+fn is_tls(m: &RemoteMedia) -> bool {
+    m.proto.eq_ignore_ascii_case("TCP/TLS/MSRP")
 }
 
 fn negotiated(m: &RemoteMedia, setup: Setup) -> Negotiated {
@@ -251,6 +272,7 @@ fn negotiated(m: &RemoteMedia, setup: Setup) -> Negotiated {
     let first = m.path.first();
     Negotiated {
         setup,
+        tls: is_tls(m),
         remote_path: m.path.clone(),
         connect_to: first
             .map(|u| (u.host_for_connect().to_string(), u.port_or_default()))
@@ -305,7 +327,12 @@ fn msrp_media(local: &LocalMedia, setup: Setup) -> Media {
         media: "message".to_string(),
         port: local.port,
         num_ports: None,
-        proto: "TCP/MSRP".to_string(),
+        proto: if local.uri.secure {
+            "TCP/TLS/MSRP"
+        } else {
+            "TCP/MSRP"
+        }
+        .to_string(),
         fmt: "*".to_string(),
         media_title: None,
         connections: Vec::new(),
@@ -327,7 +354,8 @@ fn write(s: &Session) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// An offer with `a=setup:actpass` (RFC 6135 section 4.1).
+/// An offer with `a=setup:actpass` (RFC 6135 section 4.1); `TCP/TLS/MSRP` when our URI is
+/// `msrps:`.
 pub fn offer(local: &LocalMedia) -> String {
     let mut s = session(local);
     s.medias.push(msrp_media(local, Setup::ActPass));
@@ -419,7 +447,7 @@ a=setup:actpass\r
     #[test]
     fn an_offer_without_setup_makes_the_offerer_active() {
         let sdp = parse(ROMEO_OFFER.as_bytes()).unwrap();
-        let n = accept_offer(&sdp).unwrap();
+        let n = accept_offer(&sdp, false).unwrap();
         assert_eq!(n.setup, Setup::Passive);
         assert!(!n.connects());
         assert!(n.plain && !n.cpim && !n.iscomposing);
@@ -432,20 +460,22 @@ a=setup:actpass\r
     #[test]
     fn setup_roles_follow_rfc_6135() {
         let with = |setup: &str| ROMEO_OFFER.to_string() + &format!("a=setup:{setup}\r\n");
-        let role =
-            |setup: &str| accept_offer(&parse(with(setup).as_bytes()).unwrap()).map(|n| n.setup);
+        let role = |setup: &str| {
+            accept_offer(&parse(with(setup).as_bytes()).unwrap(), false).map(|n| n.setup)
+        };
         assert_eq!(role("actpass"), Ok(Setup::Active));
         assert_eq!(role("active"), Ok(Setup::Passive));
         assert_eq!(role("passive"), Ok(Setup::Active));
         assert_eq!(role("holdconn"), Err(Reject::Setup("holdconn")));
-        let answered =
-            |setup: &str| accept_answer(&parse(with(setup).as_bytes()).unwrap()).map(|n| n.setup);
+        let answered = |setup: &str| {
+            accept_answer(&parse(with(setup).as_bytes()).unwrap(), false).map(|n| n.setup)
+        };
         assert_eq!(answered("active"), Ok(Setup::Passive));
         assert_eq!(answered("passive"), Ok(Setup::Active));
         assert_eq!(answered("actpass"), Err(Reject::Setup("actpass")));
         // No a=setup in the answer: RFC 4975, the offerer (we) connects.
         assert_eq!(
-            accept_answer(&parse(ROMEO_OFFER.as_bytes()).unwrap())
+            accept_answer(&parse(ROMEO_OFFER.as_bytes()).unwrap(), false)
                 .unwrap()
                 .setup,
             Setup::Active
@@ -459,13 +489,15 @@ a=setup:actpass\r
             ("m=audio 49170 RTP/AVP 0\r\n", Reject::NoMsrpMedia),
             ("m=message 0 TCP/MSRP *\r\na=accept-types:text/plain\r\na=path:msrp://h:1/s;tcp\r\n", Reject::PortZero),
             ("m=message 1 TCP/TLS/MSRP *\r\na=accept-types:text/plain\r\na=path:msrps://h:1/s;tcp\r\n", Reject::Tls),
+            ("m=message 1 TCP/TLS/MSRP *\r\na=accept-types:text/plain\r\na=path:msrp://h:1/s;tcp\r\n", Reject::ProtoMismatch("TCP/TLS/MSRP".into())),
+            ("m=message 1 TCP/MSRP *\r\na=accept-types:text/plain\r\na=path:msrps://h:1/s;tcp\r\n", Reject::ProtoMismatch("TCP/MSRP".into())),
             ("m=message 1 TCP/MSRP *\r\na=accept-types:text/plain\r\n", Reject::NoPath),
             ("m=message 1 TCP/MSRP *\r\na=accept-types:image/png\r\na=path:msrp://h:1/s;tcp\r\n", Reject::NoCommonType),
             ("m=message 1 TCP/MSRP *\r\na=path:msrp://h:1/s;tcp\r\n", Reject::NoCommonType),
         ];
         for (m, want) in cases {
             let sdp = parse(format!("{base}{m}").as_bytes()).unwrap();
-            assert_eq!(accept_offer(&sdp), Err(want), "{m}");
+            assert_eq!(accept_offer(&sdp, false), Err(want), "{m}");
         }
         assert!(matches!(parse(b"not sdp"), Err(SdpError::Syntax(_))));
         let bad_path = format!("{base}m=message 1 TCP/MSRP *\r\na=path:http://x\r\n");
@@ -481,7 +513,7 @@ a=setup:actpass\r
              a=path:msrp://relay.example.net:2855/r1;tcp msrp://bob.example.com:8888/9di4eae923wzd;tcp\r\n";
         let sdp = parse(sdp.as_bytes()).unwrap();
         assert_eq!(sdp.msrp_index, Some(1));
-        let n = accept_offer(&sdp).unwrap();
+        let n = accept_offer(&sdp, false).unwrap();
         assert!(n.cpim && !n.plain && n.iscomposing);
         assert_eq!(n.max_size, Some(65536));
         // Connect to the first hop; the peer is the last.
@@ -494,6 +526,72 @@ a=setup:actpass\r
             m_lines,
             ["m=audio 0 RTP/AVP 0", "m=message 7654 TCP/MSRP *"]
         );
+    }
+
+    fn secure_local() -> LocalMedia {
+        LocalMedia {
+            port: 7655,
+            uri: MsrpUri::parse("msrps://x2s.example.com:7655/jshA7weztas;tcp").unwrap(),
+            ..local()
+        }
+    }
+
+    #[test]
+    fn an_msrps_offer_says_tcp_tls_msrp_and_is_accepted_only_with_a_listener() {
+        let text = offer(&secure_local());
+        assert!(text.contains("m=message 7655 TCP/TLS/MSRP *\r\n"), "{text}");
+        assert!(
+            text.contains("a=path:msrps://x2s.example.com:7655/jshA7weztas;tcp\r\n"),
+            "{text}"
+        );
+        let sdp = parse(text.as_bytes()).unwrap();
+        assert_eq!(sdp.msrp.as_ref().unwrap().proto, "TCP/TLS/MSRP");
+        assert_eq!(accept_offer(&sdp, false), Err(Reject::Tls));
+        let n = accept_offer(&sdp, true).unwrap();
+        assert!(n.tls);
+        assert_eq!(n.setup, Setup::Active);
+        assert_eq!(n.connect_to, ("x2s.example.com".to_string(), 7655));
+        assert!(n.remote_path[0].secure);
+        // The answer is TLS too, with our msrps: path.
+        let ans = answer(&sdp, &secure_local(), &n);
+        assert!(ans.contains("m=message 7655 TCP/TLS/MSRP *\r\n"), "{ans}");
+        assert!(ans.contains("a=path:msrps://"), "{ans}");
+        assert!(ans.contains("a=setup:active\r\n"), "{ans}");
+        // A plain offer stays plain where TLS is available.
+        let plain = parse(ROMEO_OFFER.as_bytes()).unwrap();
+        assert!(!accept_offer(&plain, true).unwrap().tls);
+    }
+
+    #[test]
+    fn an_answer_must_keep_the_offered_proto() {
+        let tls_answer = parse(
+            offer(&secure_local())
+                .replace("actpass", "passive")
+                .as_bytes(),
+        )
+        .unwrap();
+        let plain_answer = parse(ROMEO_OFFER.as_bytes()).unwrap();
+        let n = accept_answer(&tls_answer, true).unwrap();
+        assert!(n.tls && n.connects());
+        assert_eq!(
+            accept_answer(&tls_answer, false),
+            Err(Reject::AnswerProto("TCP/TLS/MSRP".into()))
+        );
+        assert_eq!(
+            accept_answer(&plain_answer, true),
+            Err(Reject::AnswerProto("TCP/MSRP".into()))
+        );
+        assert!(!accept_answer(&plain_answer, false).unwrap().tls);
+    }
+
+    #[test]
+    fn an_ipv6_msrps_path_connects_to_the_bare_address() {
+        let sdp = "v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\n\
+             m=message 2856 TCP/TLS/MSRP *\r\na=accept-types:text/plain\r\n\
+             a=path:msrps://[::1]:2856/s1d;tcp\r\n";
+        let n = accept_offer(&parse(sdp.as_bytes()).unwrap(), true).unwrap();
+        assert_eq!(n.connect_to, ("::1".to_string(), 2856));
+        assert!(crate::sip::tls::server_name(&n.connect_to.0).is_some());
     }
 
     #[test]
