@@ -788,15 +788,21 @@ impl PresenceCore {
                 .get(&key)
                 .is_some_and(|o| o.state != OutState::Dormant)
             {
-                self.end_out_sip(&key);
-                if let Some(o) = self.outs.get_mut(&key) {
-                    o.state = OutState::Dormant;
-                    o.dialog = None;
-                    o.expires_at = 0;
-                }
-                self.save_out(&key);
+                self.go_dormant(&key);
             }
         }
+    }
+
+    /// Lets the SIP side of a subscription go while its user is away (kept in the store;
+    /// the user's next login probe subscribes again).
+    fn go_dormant(&mut self, key: &str) {
+        self.end_out_sip(key);
+        if let Some(o) = self.outs.get_mut(key) {
+            o.state = OutState::Dormant;
+            o.dialog = None;
+            o.expires_at = 0;
+        }
+        self.save_out(key);
     }
 
     // ----- SIP -> XMPP direction (stox notifies) -----
@@ -1434,14 +1440,8 @@ impl PresenceCore {
                     for key in keys {
                         // No sign of the user: let the SIP side go until the user is back.
                         tracing::info!(%user, "No answer to the probe before a refresh; the subscription waits for the user's return.");
-                        self.end_out_sip(&key);
                         self.contact_gone(&key);
-                        if let Some(o) = self.outs.get_mut(&key) {
-                            o.state = OutState::Dormant;
-                            o.dialog = None;
-                            o.expires_at = 0;
-                        }
-                        self.save_out(&key);
+                        self.go_dormant(&key);
                     }
                 }
             }
