@@ -783,3 +783,91 @@ fn juliet_opens_an_msrps_session_and_the_sip_peer_connects_over_tls() {
         juliet.stanzas_seen()
     );
 }
+
+/// The next Delivered or Failed event of the peer's session: what its SEND was answered.
+fn next_outcome(rt: &tokio::runtime::Runtime, h: &mut SessionHandle) -> Event {
+    rt.block_on(async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), h.next_event()).await {
+                Ok(Some(e @ (Event::Delivered { .. } | Event::Failed { .. }))) => return e,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("MSRP connection closed"),
+                Err(_) => panic!("no answer to the SEND within 20 s"),
+            }
+        }
+    })
+}
+
+fn thread_of(stanza: &str) -> String {
+    stanza
+        .split("<thread>")
+        .nth(1)
+        .and_then(|t| t.split("</thread>").next())
+        .expect("a thread")
+        .to_string()
+}
+
+#[test]
+fn a_send_is_answered_200_only_once_its_stanza_is_written_and_refused_while_prosody_is_down() {
+    let dir = temp_dir();
+    let rt = rt();
+    let mut prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let stox = Stox::start(
+        dir.path(),
+        prosody.component_port,
+        &stox_extra(free_port(), free_port()),
+    );
+    stox.wait_online(1);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+    let peer = Peer::new(&rt, "romeo3peer");
+    let pending = peer.expect();
+    let uac = Sipp::spawn_uac(
+        dir.path(),
+        "uac",
+        &invite_uac(&sdp(&peer.uri, "passive", "text/plain")),
+        &format!("127.0.0.1:{}", stox.sip_port),
+        &[],
+    );
+    let mut h = accept(&rt, pending);
+
+    send(&rt, &h, Outgoing::new("text/plain", "before the storm"));
+    assert!(matches!(next_outcome(&rt, &mut h), Event::Delivered { .. }));
+    let s = juliet.expect_stanza(&["before the storm"], SECS10);
+    let thread = thread_of(&s);
+
+    // Prosody goes away mid-session: the next SEND is refused, not acknowledged and lost.
+    prosody.stop();
+    stox.wait_log("XMPP link lost; reconnecting.", 1, SECS10);
+    let mut m = Outgoing::new("text/plain", "into the void");
+    m.success_report = true;
+    send(&rt, &h, m);
+    match next_outcome(&rt, &mut h) {
+        Event::Failed {
+            failure: stox::msrp::session::Failure::Response { code, .. },
+            ..
+        } => assert_eq!(code, 403),
+        other => panic!("{other:?}"),
+    }
+
+    // Prosody is back: messages flow again on the same session.
+    prosody.start_again();
+    stox.wait_online(2);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+    send(&rt, &h, Outgoing::new("text/plain", "after the storm"));
+    assert!(matches!(next_outcome(&rt, &mut h), Event::Delivered { .. }));
+    juliet.expect_stanza(&["after the storm"], SECS10);
+    assert!(
+        !juliet
+            .stanzas_seen()
+            .iter()
+            .any(|s| s.contains("into the void")),
+        "{:?}",
+        juliet.stanzas_seen()
+    );
+    juliet.send_raw(&chat_xml(
+        "cs-3",
+        &thread,
+        "<gone xmlns='http://jabber.org/protocol/chatstates'/>",
+    ));
+    uac.finish(Duration::from_secs(20)).assert_ok();
+}

@@ -56,6 +56,18 @@ const NS_CHATSTATES: &str = ns::CHATSTATES;
 const NS_RECEIPTS: &str = ns::RECEIPTS;
 /// Outgoing messages whose receipt or error is still awaited, per session.
 const MAX_TRACKED: usize = 4096;
+/// How long the response to a SIP user's message waits for its stanza to be written to
+/// the XMPP server before the session answers 408 on its own; well below the sender's
+/// 30 s transaction timeout (RFC 4975 section 7.1.1).
+pub const DELIVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The MSRP answer to a message whose stanza could not be written (the XMPP link is down
+/// or the write failed). RFC 4975 registers no "service unavailable" (503 is SIP's and
+/// HTTP's, not MSRP's; 501 and 506 mean other things); 403 (the attempted action is not
+/// allowed) is the registered refusal of a request, and a sender fails the whole message
+/// on an error response to any chunk (section 7.1.1), so nothing is acknowledged and
+/// lost. The final chunk's response is held until the write, so a failure REPORT after a
+/// 200 is never needed.
+pub const UNDELIVERED: (u16, &str) = (403, "XMPP server unreachable");
 /// isComposing `refresh` for an `active` state (RFC 3994 section 4 recommends 60-120 s).
 const COMPOSING_REFRESH: u32 = 60;
 
@@ -153,6 +165,17 @@ pub enum Action {
         id: ChatId,
     },
     Stanza(Message),
+    /// An MSRP message from the SIP user, complete: write `stanza` to the XMPP server
+    /// (acknowledged, `XmppLink::deliver`) and only then answer the held final chunk
+    /// through `msrp::Session::answer` with `message_id`: 200 once written, else an error
+    /// (see [`UNDELIVERED`]). `None`: nothing is carried to XMPP (content stox does not
+    /// map); answer 200 at once, the message was taken. Deliveries of one session must
+    /// be done one after the other, in the order of these actions.
+    Deliver {
+        id: ChatId,
+        message_id: MessageId,
+        stanza: Option<Message>,
+    },
     /// Send as a pager-mode MESSAGE (the `im` path, which bounces failures); messages
     /// with the same key must go one after the other.
     Pager {
@@ -187,6 +210,7 @@ impl std::fmt::Debug for Action {
             Action::MsrpClose { id } => write!(f, "MsrpClose({id})"),
             Action::MsrpDrop { id } => write!(f, "MsrpDrop({id})"),
             Action::Stanza(m) => write!(f, "Stanza({:?})", m.id),
+            Action::Deliver { id, message_id, .. } => write!(f, "Deliver({id}, {message_id})"),
             Action::Pager { key, message } => write!(f, "Pager({key}, {:?})", message.id),
         }
     }
@@ -485,6 +509,7 @@ impl ChatCore {
         msrp::Config {
             chunk_size: self.settings.chunk_size,
             max_message_size: self.settings.max_message_size,
+            defer_response: Some(DELIVER_TIMEOUT),
             ..msrp::Config::default()
         }
     }
@@ -889,9 +914,13 @@ impl ChatCore {
         match event {
             MsrpEvent::Message(r) => {
                 chat.last_activity = now;
-                if let Some(m) = incoming_stanza(chat, r) {
-                    self.actions.push_back(Action::Stanza(m));
-                }
+                let message_id = r.message_id.clone();
+                let stanza = incoming_stanza(chat, r);
+                self.actions.push_back(Action::Deliver {
+                    id,
+                    message_id,
+                    stanza,
+                });
             }
             MsrpEvent::Delivered { message_id } => {
                 if chat.sent.get(&message_id).is_some_and(|s| !s.receipt) {

@@ -459,7 +459,10 @@ fn chat_states_become_iscomposing_and_gone_ends_the_session() {
         ),
     );
     let a = actions(&mut c);
-    let [Action::Stanza(m)] = &a[..] else {
+    let [Action::Deliver {
+        stanza: Some(m), ..
+    }] = &a[..]
+    else {
         panic!("{a:?}")
     };
     let x = String::from(&Element::from(m.clone()));
@@ -539,7 +542,10 @@ fn a_sip_invite_is_answered_and_its_sends_become_chat_messages() {
         ),
     );
     let a = actions(&mut c);
-    let [Action::Stanza(m)] = &a[..] else {
+    let [Action::Deliver {
+        stanza: Some(m), ..
+    }] = &a[..]
+    else {
         panic!("{a:?}")
     };
     let x = String::from(&Element::from(m.clone()));
