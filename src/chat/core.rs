@@ -37,6 +37,7 @@ use xmpp_parsers::ns;
 use xmpp_parsers::stanza_error::{DefinedCondition, StanzaError};
 
 use crate::address::{AddressMap, SipAddress};
+pub use crate::config::ChatAnswer;
 use crate::mapping::error::{stanza_error, stanza_error_for_sip};
 use crate::mapping::message::{sip_uri, thread_to_call_id, xml_safe};
 use crate::msrp::cpim::{self, Cpim};
@@ -45,6 +46,7 @@ use crate::msrp::iscomposing::{self, IsComposing};
 use crate::msrp::sdp::{self, LocalMedia, Negotiated};
 use crate::msrp::session::{self as msrp, Event as MsrpEvent, Failure, Outgoing, Received};
 use crate::msrp::uri::MsrpUri;
+use crate::presence::Availability;
 use crate::sip::core::random_token;
 use crate::sip::dialog::{self, header_value, Dialog};
 use crate::sip::message::response_to;
@@ -95,6 +97,9 @@ pub struct ChatSettings {
     /// Domains whose INVITEs go over TLS (a `sips:` or `transport=tls` route); `"*"`: all
     /// of them (such an outbound proxy).
     pub tls_domains: Vec<String>,
+    /// `chat.answer`: with `WhenAvailable`, an INVITE for a user not known to be available
+    /// gets 480.
+    pub answer: ChatAnswer,
 }
 
 impl Default for ChatSettings {
@@ -114,6 +119,7 @@ impl Default for ChatSettings {
             msrps_port: None,
             prefer_tls: false,
             tls_domains: Vec::new(),
+            answer: ChatAnswer::Always,
         }
     }
 }
@@ -361,6 +367,8 @@ pub struct ChatCore {
     actions: VecDeque<Action>,
     next_id: ChatId,
     cseq: u32,
+    /// What the presence task knows of the users' availability (`chat.answer`).
+    availability: Availability,
 }
 
 impl ChatCore {
@@ -374,7 +382,14 @@ impl ChatCore {
             actions: VecDeque::new(),
             next_id: 1,
             cseq: 0,
+            availability: Availability::new(),
         }
+    }
+
+    /// The users' availability as the presence task sees it; only read with
+    /// `ChatAnswer::WhenAvailable` (nobody is available without it).
+    pub fn set_availability(&mut self, availability: Availability) {
+        self.availability = availability;
     }
 
     // ---- getters ----
@@ -1083,6 +1098,15 @@ impl ChatCore {
             }
         };
         let user_bare = bare(&target);
+        if self.settings.answer == ChatAnswer::WhenAvailable
+            && !self.availability.is_available(&user_bare)
+        {
+            // RFC 3261 21.4.18: the callee's end system was reached but the callee is not
+            // available now; the SIP side falls back to MESSAGE, which goes through the
+            // user's server (offline storage included).
+            tracing::info!(user = %user_bare, "INVITE for a user not known to be available; 480.");
+            return response_to(request, 480, Some("Temporarily Unavailable"), "");
+        }
         if self.chats.len() >= self.settings.max_sessions {
             let mut r = answer(503);
             r.headers.push(make_header("Retry-After", "60".to_string()));

@@ -128,6 +128,7 @@ pub fn settings(
         msrps_port: msrps.map(|a| a.port()),
         prefer_tls: config.msrp.prefer_tls,
         tls_domains,
+        answer: c.answer,
     }
 }
 
@@ -138,6 +139,7 @@ pub async fn start(
     sip: SipHandle,
     xmpp: XmppLink,
     im: Arc<Im>,
+    availability: crate::presence::Availability,
 ) -> std::io::Result<Option<ChatHandle>> {
     let Some(addr) = config.msrp.listen else {
         return Ok(None);
@@ -157,7 +159,8 @@ pub async fn start(
     crate::xmpp::service::enable_receipts();
     let contact = sip.contact_host().unwrap_or("127.0.0.1").to_string();
     let msrps = tls_listener.as_ref().map(MsrpListener::local_addr);
-    let core = ChatCore::new(settings(config, contact, local, msrps), addresses);
+    let mut core = ChatCore::new(settings(config, contact, local, msrps), addresses);
+    core.set_availability(availability);
     let (tx, rx) = mpsc::channel(8192);
     tokio::spawn(
         Edge {
