@@ -235,6 +235,19 @@ pub struct ChatConfig {
     pub max_message_size: usize,
     /// Largest MSRP chunk sent; longer messages are chunked, never truncated.
     pub chunk_size: usize,
+    /// Whether an INVITE is answered for any user or only for one known to be available.
+    pub answer: ChatAnswer,
+}
+
+/// `chat.answer`: when stox answers an INVITE with an MSRP offer on a user's behalf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChatAnswer {
+    /// 200 for every local user (`"always"`).
+    #[default]
+    Always,
+    /// 200 only for a user whose available presence the gateway has seen, 480 otherwise
+    /// (`"when_available"`).
+    WhenAvailable,
 }
 
 impl Default for ChatConfig {
@@ -247,6 +260,7 @@ impl Default for ChatConfig {
             fallback_ms: 3_600_000,
             max_message_size: 1024 * 1024,
             chunk_size: 16 * 1024,
+            answer: ChatAnswer::Always,
         }
     }
 }
@@ -325,6 +339,7 @@ struct RawChat {
     fallback_ms: Option<u64>,
     max_message_size: Option<usize>,
     chunk_size: Option<usize>,
+    answer: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -901,7 +916,19 @@ fn validate_chat(raw: RawChat) -> Result<ChatConfig, ConfigError> {
             "must be between 64 and 1048576 bytes",
         ));
     }
+    let answer = match raw.answer.as_deref().map(str::trim) {
+        None | Some("always") => ChatAnswer::Always,
+        Some("when_available") => ChatAnswer::WhenAvailable,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "chat.answer",
+                other,
+                "expected \"always\" or \"when_available\"",
+            ))
+        }
+    };
     Ok(ChatConfig {
+        answer,
         max_sessions,
         max_sessions_per_user: per_user,
         idle_timeout_ms: at_least(
@@ -1320,6 +1347,7 @@ domains = ["example.com"]
         let c = Config::parse(base).unwrap();
         assert!(c.msrp.listen.is_none());
         assert_eq!(c.chat.chunk_size, 16384);
+        assert_eq!(c.chat.answer, ChatAnswer::Always);
         let c = Config::parse(&format!(
             "{base}[msrp]\nlisten = \"127.0.0.1:2855\"\n[chat]\nidle_timeout_ms = 5000\n"
         ))
@@ -1357,6 +1385,12 @@ domains = ["example.com"]
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("chat.chunk_size: "), "{e}");
+        let e = Config::parse(&format!("{base}[chat]\nanswer = \"sometimes\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("chat.answer"), "{e}");
+        let c = Config::parse(&format!("{base}[chat]\nanswer = \"when_available\"\n")).unwrap();
+        assert_eq!(c.chat.answer, ChatAnswer::WhenAvailable);
         let e = Config::parse(&format!("{base}[chat]\nmax_session = 1\n"))
             .unwrap_err()
             .to_string();

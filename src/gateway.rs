@@ -75,7 +75,15 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         },
         inbound_tx,
     );
-    let presence = crate::presence::start(&config, addresses.clone(), sip.clone(), xmpp.clone())?;
+    // Written by the presence task, read by the chat task (`chat.answer`).
+    let availability = crate::presence::Availability::new();
+    let presence = crate::presence::start(
+        &config,
+        addresses.clone(),
+        sip.clone(),
+        xmpp.clone(),
+        availability.clone(),
+    )?;
     let im = Arc::new(Im::new(
         addresses.clone(),
         sip.clone(),
@@ -88,6 +96,7 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         sip.clone(),
         xmpp.clone(),
         im.clone(),
+        availability,
     )
     .await
     .map_err(RunError::Msrp)?;

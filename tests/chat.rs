@@ -783,3 +783,150 @@ fn juliet_opens_an_msrps_session_and_the_sip_peer_connects_over_tls() {
         juliet.stanzas_seen()
     );
 }
+
+/// The next Delivered or Failed event of the peer's session: what its SEND was answered.
+fn next_outcome(rt: &tokio::runtime::Runtime, h: &mut SessionHandle) -> Event {
+    rt.block_on(async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), h.next_event()).await {
+                Ok(Some(e @ (Event::Delivered { .. } | Event::Failed { .. }))) => return e,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("MSRP connection closed"),
+                Err(_) => panic!("no answer to the SEND within 20 s"),
+            }
+        }
+    })
+}
+
+fn thread_of(stanza: &str) -> String {
+    stanza
+        .split("<thread>")
+        .nth(1)
+        .and_then(|t| t.split("</thread>").next())
+        .expect("a thread")
+        .to_string()
+}
+
+#[test]
+fn a_send_is_answered_200_only_once_its_stanza_is_written_and_refused_while_prosody_is_down() {
+    let dir = temp_dir();
+    let rt = rt();
+    let mut prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let stox = Stox::start(
+        dir.path(),
+        prosody.component_port,
+        &stox_extra(free_port(), free_port()),
+    );
+    stox.wait_online(1);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+    let peer = Peer::new(&rt, "romeo3peer");
+    let pending = peer.expect();
+    let uac = Sipp::spawn_uac(
+        dir.path(),
+        "uac",
+        &invite_uac(&sdp(&peer.uri, "passive", "text/plain")),
+        &format!("127.0.0.1:{}", stox.sip_port),
+        &[],
+    );
+    let mut h = accept(&rt, pending);
+
+    send(&rt, &h, Outgoing::new("text/plain", "before the storm"));
+    assert!(matches!(next_outcome(&rt, &mut h), Event::Delivered { .. }));
+    let s = juliet.expect_stanza(&["before the storm"], SECS10);
+    let thread = thread_of(&s);
+
+    // Prosody goes away mid-session: the next SEND is refused, not acknowledged and lost.
+    prosody.stop();
+    stox.wait_log("XMPP link lost; reconnecting.", 1, SECS10);
+    let mut m = Outgoing::new("text/plain", "into the void");
+    m.success_report = true;
+    send(&rt, &h, m);
+    match next_outcome(&rt, &mut h) {
+        Event::Failed {
+            failure: stox::msrp::session::Failure::Response { code, .. },
+            ..
+        } => assert_eq!(code, 403),
+        other => panic!("{other:?}"),
+    }
+
+    // Prosody is back: messages flow again on the same session.
+    prosody.start_again();
+    stox.wait_online(2);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+    send(&rt, &h, Outgoing::new("text/plain", "after the storm"));
+    assert!(matches!(next_outcome(&rt, &mut h), Event::Delivered { .. }));
+    juliet.expect_stanza(&["after the storm"], SECS10);
+    assert!(
+        !juliet
+            .stanzas_seen()
+            .iter()
+            .any(|s| s.contains("into the void")),
+        "{:?}",
+        juliet.stanzas_seen()
+    );
+    juliet.send_raw(&chat_xml(
+        "cs-3",
+        &thread,
+        "<gone xmlns='http://jabber.org/protocol/chatstates'/>",
+    ));
+    uac.finish(Duration::from_secs(20)).assert_ok();
+}
+
+/// Sends an INVITE from a fresh UDP socket and returns the final response's status code.
+fn invite_status(stox_sip_port: u16, offer: &str) -> u16 {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(SECS10)).unwrap();
+    let local = sock.local_addr().unwrap().to_string();
+    let request = sip_request(
+        "INVITE",
+        "sip:juliet@localhost",
+        "UDP",
+        &format!("Contact: <sip:romeo@{local}>\r\nContent-Type: application/sdp\r\n"),
+        offer,
+    )
+    .replace("LOCAL", &local);
+    sock.send_to(request.as_bytes(), ("127.0.0.1", stox_sip_port))
+        .unwrap();
+    let mut buf = [0u8; 65536];
+    loop {
+        let (n, _) = sock.recv_from(&mut buf).expect("an answer to the INVITE");
+        let r = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let code: u16 = status_line(&r)
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        if code >= 200 {
+            return code;
+        }
+    }
+}
+
+#[test]
+fn with_answer_when_available_juliet_gets_sessions_only_after_giving_presence_to_the_gateway() {
+    let dir = temp_dir();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let extra = format!(
+        "{}answer = \"when_available\"\n",
+        stox_extra(free_port(), free_port())
+    );
+    let stox = Stox::start(dir.path(), prosody.component_port, &extra);
+    stox.wait_online(1);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+    let uri = MsrpUri::new("127.0.0.1", 9, "romeo4peer");
+    let offer = sdp(&uri, "active", "text/plain");
+    // Logged in, but nothing of her presence reaches the gateway: 480.
+    assert_eq!(invite_status(stox.sip_port, &offer), 480);
+    juliet.send_raw("<presence to='sip.localhost'/>");
+    let mut code = 0;
+    eventually(SECS10, "an INVITE answered 200", || {
+        code = invite_status(stox.sip_port, &offer);
+        code == 200
+    });
+    assert_eq!(code, 200);
+    // She goes away from the gateway: 480 again.
+    juliet.send_raw("<presence type='unavailable' to='sip.localhost'/>");
+    eventually(SECS10, "an INVITE answered 480", || {
+        invite_status(stox.sip_port, &offer) == 480
+    });
+}

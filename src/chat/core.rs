@@ -37,6 +37,7 @@ use xmpp_parsers::ns;
 use xmpp_parsers::stanza_error::{DefinedCondition, StanzaError};
 
 use crate::address::{AddressMap, SipAddress};
+pub use crate::config::ChatAnswer;
 use crate::mapping::error::{stanza_error, stanza_error_for_sip};
 use crate::mapping::message::{sip_uri, thread_to_call_id, xml_safe};
 use crate::msrp::cpim::{self, Cpim};
@@ -45,6 +46,7 @@ use crate::msrp::iscomposing::{self, IsComposing};
 use crate::msrp::sdp::{self, LocalMedia, Negotiated};
 use crate::msrp::session::{self as msrp, Event as MsrpEvent, Failure, Outgoing, Received};
 use crate::msrp::uri::MsrpUri;
+use crate::presence::Availability;
 use crate::sip::core::random_token;
 use crate::sip::dialog::{self, header_value, Dialog};
 use crate::sip::message::response_to;
@@ -56,6 +58,18 @@ const NS_CHATSTATES: &str = ns::CHATSTATES;
 const NS_RECEIPTS: &str = ns::RECEIPTS;
 /// Outgoing messages whose receipt or error is still awaited, per session.
 const MAX_TRACKED: usize = 4096;
+/// How long the response to a SIP user's message waits for its stanza to be written to
+/// the XMPP server before the session answers 408 on its own; well below the sender's
+/// 30 s transaction timeout (RFC 4975 section 7.1.1).
+pub const DELIVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The MSRP answer to a message whose stanza could not be written (the XMPP link is down
+/// or the write failed). RFC 4975 registers no "service unavailable" (503 is SIP's and
+/// HTTP's, not MSRP's; 501 and 506 mean other things); 403 (the attempted action is not
+/// allowed) is the registered refusal of a request, and a sender fails the whole message
+/// on an error response to any chunk (section 7.1.1), so nothing is acknowledged and
+/// lost. The final chunk's response is held until the write, so a failure REPORT after a
+/// 200 is never needed.
+pub const UNDELIVERED: (u16, &str) = (403, "XMPP server unreachable");
 /// isComposing `refresh` for an `active` state (RFC 3994 section 4 recommends 60-120 s).
 const COMPOSING_REFRESH: u32 = 60;
 
@@ -83,6 +97,9 @@ pub struct ChatSettings {
     /// Domains whose INVITEs go over TLS (a `sips:` or `transport=tls` route); `"*"`: all
     /// of them (such an outbound proxy).
     pub tls_domains: Vec<String>,
+    /// `chat.answer`: with `WhenAvailable`, an INVITE for a user not known to be available
+    /// gets 480.
+    pub answer: ChatAnswer,
 }
 
 impl Default for ChatSettings {
@@ -102,6 +119,7 @@ impl Default for ChatSettings {
             msrps_port: None,
             prefer_tls: false,
             tls_domains: Vec::new(),
+            answer: ChatAnswer::Always,
         }
     }
 }
@@ -153,6 +171,17 @@ pub enum Action {
         id: ChatId,
     },
     Stanza(Message),
+    /// An MSRP message from the SIP user, complete: write `stanza` to the XMPP server
+    /// (acknowledged, `XmppLink::deliver`) and only then answer the held final chunk
+    /// through `msrp::Session::answer` with `message_id`: 200 once written, else an error
+    /// (see [`UNDELIVERED`]). `None`: nothing is carried to XMPP (content stox does not
+    /// map); answer 200 at once, the message was taken. Deliveries of one session must
+    /// be done one after the other, in the order of these actions.
+    Deliver {
+        id: ChatId,
+        message_id: MessageId,
+        stanza: Option<Message>,
+    },
     /// Send as a pager-mode MESSAGE (the `im` path, which bounces failures); messages
     /// with the same key must go one after the other.
     Pager {
@@ -187,6 +216,7 @@ impl std::fmt::Debug for Action {
             Action::MsrpClose { id } => write!(f, "MsrpClose({id})"),
             Action::MsrpDrop { id } => write!(f, "MsrpDrop({id})"),
             Action::Stanza(m) => write!(f, "Stanza({:?})", m.id),
+            Action::Deliver { id, message_id, .. } => write!(f, "Deliver({id}, {message_id})"),
             Action::Pager { key, message } => write!(f, "Pager({key}, {:?})", message.id),
         }
     }
@@ -337,6 +367,8 @@ pub struct ChatCore {
     actions: VecDeque<Action>,
     next_id: ChatId,
     cseq: u32,
+    /// What the presence task knows of the users' availability (`chat.answer`).
+    availability: Availability,
 }
 
 impl ChatCore {
@@ -350,7 +382,14 @@ impl ChatCore {
             actions: VecDeque::new(),
             next_id: 1,
             cseq: 0,
+            availability: Availability::new(),
         }
+    }
+
+    /// The users' availability as the presence task sees it; only read with
+    /// `ChatAnswer::WhenAvailable` (nobody is available without it).
+    pub fn set_availability(&mut self, availability: Availability) {
+        self.availability = availability;
     }
 
     // ---- getters ----
@@ -485,6 +524,7 @@ impl ChatCore {
         msrp::Config {
             chunk_size: self.settings.chunk_size,
             max_message_size: self.settings.max_message_size,
+            defer_response: Some(DELIVER_TIMEOUT),
             ..msrp::Config::default()
         }
     }
@@ -889,9 +929,13 @@ impl ChatCore {
         match event {
             MsrpEvent::Message(r) => {
                 chat.last_activity = now;
-                if let Some(m) = incoming_stanza(chat, r) {
-                    self.actions.push_back(Action::Stanza(m));
-                }
+                let message_id = r.message_id.clone();
+                let stanza = incoming_stanza(chat, r);
+                self.actions.push_back(Action::Deliver {
+                    id,
+                    message_id,
+                    stanza,
+                });
             }
             MsrpEvent::Delivered { message_id } => {
                 if chat.sent.get(&message_id).is_some_and(|s| !s.receipt) {
@@ -1054,6 +1098,15 @@ impl ChatCore {
             }
         };
         let user_bare = bare(&target);
+        if self.settings.answer == ChatAnswer::WhenAvailable
+            && !self.availability.is_available(&user_bare)
+        {
+            // RFC 3261 21.4.18: the callee's end system was reached but the callee is not
+            // available now; the SIP side falls back to MESSAGE, which goes through the
+            // user's server (offline storage included).
+            tracing::info!(user = %user_bare, "INVITE for a user not known to be available; 480.");
+            return response_to(request, 480, Some("Temporarily Unavailable"), "");
+        }
         if self.chats.len() >= self.settings.max_sessions {
             let mut r = answer(503);
             r.headers.push(make_header("Retry-After", "60".to_string()));

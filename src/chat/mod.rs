@@ -19,11 +19,12 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use xmpp_parsers::message::Message;
 
-use self::core::{Action, ChatCore, ChatId, ChatSettings};
+use self::core::{Action, ChatCore, ChatId, ChatSettings, UNDELIVERED};
 use crate::address::AddressMap;
 use crate::config::Config;
 use crate::im::Im;
-use crate::msrp::conn::{self, MsrpListener, SessionHandle};
+use crate::msrp::conn::{self, Answerer, MsrpListener, SessionHandle};
+use crate::msrp::frame::MessageId;
 use crate::msrp::session::{Event as MsrpEvent, Outgoing};
 use crate::sip::endpoint::{ClientEvent, IncomingRequest, SipError, SipHandle};
 use crate::xmpp::link::XmppLink;
@@ -74,6 +75,8 @@ enum InviteCmd {
 
 enum MsrpCmd {
     Send(Outgoing),
+    /// Write this stanza to XMPP, then answer the held MSRP message.
+    Deliver(MessageId, Option<Message>),
     Close,
 }
 
@@ -125,6 +128,7 @@ pub fn settings(
         msrps_port: msrps.map(|a| a.port()),
         prefer_tls: config.msrp.prefer_tls,
         tls_domains,
+        answer: c.answer,
     }
 }
 
@@ -135,6 +139,7 @@ pub async fn start(
     sip: SipHandle,
     xmpp: XmppLink,
     im: Arc<Im>,
+    availability: crate::presence::Availability,
 ) -> std::io::Result<Option<ChatHandle>> {
     let Some(addr) = config.msrp.listen else {
         return Ok(None);
@@ -154,7 +159,8 @@ pub async fn start(
     crate::xmpp::service::enable_receipts();
     let contact = sip.contact_host().unwrap_or("127.0.0.1").to_string();
     let msrps = tls_listener.as_ref().map(MsrpListener::local_addr);
-    let core = ChatCore::new(settings(config, contact, local, msrps), addresses);
+    let mut core = ChatCore::new(settings(config, contact, local, msrps), addresses);
+    core.set_availability(availability);
     let (tx, rx) = mpsc::channel(8192);
     tokio::spawn(
         Edge {
@@ -273,6 +279,16 @@ impl Edge {
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Stanza(m) => self.xmpp.send(m),
+                Action::Deliver {
+                    id,
+                    message_id,
+                    stanza,
+                } => {
+                    // No worker: the session is gone and its connection with it.
+                    if let Some((_, c)) = self.msrp.get(&id) {
+                        let _ = c.send(MsrpCmd::Deliver(message_id, stanza));
+                    }
+                }
                 Action::Pager { key, message } => self.pager(key, message),
                 Action::Invite { id, request } => {
                     let (ctx, crx) = mpsc::unbounded_channel();
@@ -385,7 +401,8 @@ impl Edge {
         self.msrp.insert(id, (gen, ctx));
         let (call_id, _) = self.core.ids(id).unwrap_or_default();
         let span = tracing::info_span!("chat_msrp", %call_id, %msrp_session);
-        tokio::spawn(msrp_worker(id, gen, setup, crx, itx.clone()).instrument(span));
+        let xmpp = self.xmpp.clone();
+        tokio::spawn(msrp_worker(id, gen, setup, crx, itx.clone(), xmpp).instrument(span));
     }
 
     fn pager(&mut self, key: String, message: Message) {
@@ -467,6 +484,7 @@ async fn msrp_worker<F>(
     setup: F,
     mut commands: mpsc::UnboundedReceiver<MsrpCmd>,
     itx: mpsc::UnboundedSender<Internal>,
+    xmpp: XmppLink,
 ) where
     F: std::future::Future<Output = Result<SessionHandle, conn::ConnError>>,
 {
@@ -485,6 +503,8 @@ async fn msrp_worker<F>(
     };
     tracing::debug!("MSRP connection up.");
     let _ = itx.send(Internal::MsrpUp(id, gen));
+    let (dtx, drx) = mpsc::unbounded_channel();
+    tokio::spawn(deliverer(xmpp, handle.answerer(), drx).in_current_span());
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
@@ -493,7 +513,13 @@ async fn msrp_worker<F>(
                         tracing::info!(error = %e, "MSRP send refused.");
                     }
                 }
+                Some(MsrpCmd::Deliver(message_id, stanza)) => {
+                    let _ = dtx.send((message_id, stanza));
+                }
                 Some(MsrpCmd::Close) | None => {
+                    // The deliverer finishes what it has; the connection waits for its
+                    // answers (bounded by the deferral timeout).
+                    drop(dtx);
                     let _ = tokio::time::timeout(Duration::from_secs(30), handle.close()).await;
                     return;
                 }
@@ -506,6 +532,30 @@ async fn msrp_worker<F>(
                     return;
                 }
             },
+        }
+    }
+}
+
+/// Writes a session's incoming messages to XMPP one after the other (so they keep their
+/// order) and answers each held MSRP message after its write: 200 when the server has
+/// it, [`UNDELIVERED`] when the link is down or the write failed.
+async fn deliverer(
+    xmpp: XmppLink,
+    answerer: Answerer,
+    mut rx: mpsc::UnboundedReceiver<(MessageId, Option<Message>)>,
+) {
+    while let Some((message_id, stanza)) = rx.recv().await {
+        let delivered = match stanza {
+            None => true,
+            Some(m) => xmpp.deliver(m).await.is_ok(),
+        };
+        if delivered {
+            answerer.answer(message_id, 200, "OK").await;
+        } else {
+            tracing::info!(%message_id, "XMPP link down; the MSRP message is refused.");
+            answerer
+                .answer(message_id, UNDELIVERED.0, UNDELIVERED.1)
+                .await;
         }
     }
 }

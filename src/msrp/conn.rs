@@ -72,7 +72,26 @@ pub enum ConnError {
 enum Command {
     Send(Outgoing, oneshot::Sender<Result<MessageId, SendError>>),
     Abort(MessageId),
+    Answer(MessageId, u16, String),
     Close,
+}
+
+/// Answers messages held by `Config::defer_response` ([`Session::answer`]); cheap to
+/// clone, usable while the [`SessionHandle`] is busy or closing.
+#[derive(Clone)]
+pub struct Answerer {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Answerer {
+    /// `code` 200: delivered; anything else is the error response. Ignored once the
+    /// connection has ended.
+    pub async fn answer(&self, id: MessageId, code: u16, comment: &str) {
+        let _ = self
+            .commands
+            .send(Command::Answer(id, code, comment.to_string()))
+            .await;
+    }
 }
 
 /// The application's side of a running session.
@@ -90,6 +109,12 @@ impl SessionHandle {
             .await
             .map_err(|_| ConnError::Closed)?;
         Ok(rx.await.map_err(|_| ConnError::Closed)??)
+    }
+
+    pub fn answerer(&self) -> Answerer {
+        Answerer {
+            commands: self.commands.clone(),
+        }
     }
 
     pub async fn abort(&self, id: MessageId) -> Result<(), ConnError> {
@@ -198,6 +223,7 @@ async fn drive<S: Stream>(
     let mut out = BytesMut::new();
     let mut backlog: VecDeque<Event> = VecDeque::new();
     let mut closing = false;
+    let mut commands_done = false;
     let mut broken = false;
     let mut eof = false;
     if !initial.is_empty() {
@@ -238,14 +264,23 @@ async fn drive<S: Stream>(
                 // Nobody listens any more: drop events, keep the session going.
                 Err(_) => backlog.clear(),
             },
-            cmd = commands.recv(), if !closing => match cmd {
+            // Read while closing too: answers to held messages still come.
+            cmd = commands.recv(), if !commands_done => match cmd {
                 Some(Command::Send(m, reply)) => {
-                    let _ = reply.send(session.send(m));
+                    let r = if closing { Err(SendError::Closed) } else { session.send(m) };
+                    let _ = reply.send(r);
                 }
                 Some(Command::Abort(id)) => {
                     session.abort(&id);
                 }
-                Some(Command::Close) | None => closing = true,
+                Some(Command::Answer(id, code, comment)) => {
+                    session.answer(&id, code, &comment);
+                }
+                Some(Command::Close) => closing = true,
+                None => {
+                    closing = true;
+                    commands_done = true;
+                }
             },
             _ = sleep_until(deadline), if deadline.is_some() => session.handle_timeout(now()),
         }

@@ -51,6 +51,15 @@ pub struct Config {
     pub limits: Limits,
     /// Finished outgoing messages remembered, so late REPORTs still find them.
     pub remember: usize,
+    /// `None`: a SEND is answered as soon as it is parsed. `Some(t)`: the response to the
+    /// chunk that completes a message (and its success REPORT) waits until the
+    /// application calls [`Session::answer`], so that 200 means "handed on" (a gateway
+    /// writes the message to the next network first); if nobody answers within `t`, the
+    /// session answers 408 on its own. `t` should stay well below the peer's 30 s
+    /// transaction timeout (section 7.1.1). Earlier chunks are answered 200 at once: a
+    /// 200 to a chunk only says the chunk arrived, and an error on the final chunk fails
+    /// the whole message at the sender, so no failure REPORT is needed after them.
+    pub defer_response: Option<Duration>,
 }
 
 impl Default for Config {
@@ -69,6 +78,7 @@ impl Default for Config {
             ],
             limits: Limits::default(),
             remember: 256,
+            defer_response: None,
         }
     }
 }
@@ -108,7 +118,7 @@ pub struct Received {
     pub transaction_id: TransactionId,
     pub content_type: String,
     pub body: Bytes,
-    /// A success REPORT was sent for it.
+    /// A success REPORT was sent for it (with `defer_response`: will be sent with the 200).
     pub reported: bool,
 }
 
@@ -248,6 +258,16 @@ impl Incoming {
     }
 }
 
+/// The response to the final chunk of a complete message, held for [`Session::answer`].
+struct Deferred {
+    tid: TransactionId,
+    headers: Headers,
+    /// Answered 408 by the session itself then.
+    deadline: Instant,
+    /// A success REPORT is due once the message is answered 200.
+    report: Option<(Vec<MsrpUri>, usize)>,
+}
+
 /// The session state machine. See the module docs for the driving loop.
 pub struct Session {
     config: Config,
@@ -265,6 +285,7 @@ pub struct Session {
     finished_set: HashSet<MessageId>,
     incoming: HashMap<MessageId, Incoming>,
     refused: VecDeque<MessageId>,
+    deferred: HashMap<MessageId, Deferred>,
     failed: bool,
 }
 
@@ -292,6 +313,7 @@ impl Session {
             finished_set: HashSet::new(),
             incoming: HashMap::new(),
             refused: VecDeque::new(),
+            deferred: HashMap::new(),
             failed: false,
         }
     }
@@ -315,6 +337,25 @@ impl Session {
             && self.queue.is_empty()
             && self.writing.is_none()
             && self.pending.is_empty()
+            && self.deferred.is_empty()
+    }
+
+    /// Answers the final chunk of a complete message held by `defer_response`: `200`
+    /// sends the 200 (unless Failure-Report forbids) and the success REPORT if one was
+    /// asked for; any other code is an error response to that chunk (section 7.1.1: the
+    /// sender fails the whole message) and no REPORT. Returns false when nothing is held
+    /// for `id` (answered already, or answered 408 by the timeout).
+    pub fn answer(&mut self, id: &MessageId, code: u16, comment: &str) -> bool {
+        let Some(d) = self.deferred.remove(id) else {
+            return false;
+        };
+        self.respond(&d.tid, &d.headers, code, comment, None);
+        if code == 200 {
+            if let Some((from_path, len)) = d.report {
+                self.report(id, &from_path, len);
+            }
+        }
+        true
     }
 
     // ---- inputs ----
@@ -445,6 +486,15 @@ impl Session {
             self.incoming.remove(&id);
             self.events.push_back(Event::Expired { message_id: id });
         }
+        let overdue: Vec<MessageId> = self
+            .deferred
+            .iter()
+            .filter(|(_, d)| d.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in overdue {
+            self.answer(&id, 408, "Request Timeout");
+        }
         let expired: Vec<TransactionId> = self
             .pending
             .iter()
@@ -494,6 +544,7 @@ impl Session {
         let pending = self.pending.values().map(|p| p.deadline);
         pending
             .chain(self.incoming.values().map(|m| m.deadline))
+            .chain(self.deferred.values().map(|d| d.deadline))
             .min()
     }
 
@@ -867,11 +918,27 @@ impl Session {
             inc.from_path = p.clone();
         }
         let complete = inc.complete_len();
-        self.respond(&req.tid, &req.headers, 200, "OK", None);
+        let defer = self.config.defer_response.filter(|_| complete.is_some());
+        if defer.is_none() {
+            self.respond(&req.tid, &req.headers, 200, "OK", None);
+        }
         if let Some(len) = complete {
             if let Some(mut inc) = self.incoming.remove(&id) {
                 inc.data.truncate(len);
-                if inc.success_report {
+                if let Some(wait) = defer {
+                    let held = Deferred {
+                        tid: req.tid.clone(),
+                        headers: req.headers.clone(),
+                        deadline: now + wait,
+                        report: inc.success_report.then(|| (inc.from_path.clone(), len)),
+                    };
+                    // The same Message-ID complete again before the first was answered:
+                    // the earlier one will not be, so it gets its 408 now.
+                    if self.deferred.contains_key(&id) {
+                        self.answer(&id, 408, "Request Timeout");
+                    }
+                    self.deferred.insert(id.clone(), held);
+                } else if inc.success_report {
                     self.report(&id, &inc.from_path, len);
                 }
                 self.events.push_back(Event::Message(Received {

@@ -218,6 +218,9 @@ pub struct PresenceCore {
     per_user: HashMap<String, usize>,
     /// When each user last showed up.
     seen: HashMap<String, Millis>,
+    /// The resources of each user that sent available presence to the gateway's own
+    /// domain (directed, or because the gateway is in the roster), until unavailable.
+    at_gateway: HashMap<String, std::collections::HashSet<String>>,
     pending: HashMap<u64, Pending>,
     next_token: u64,
     timers: BinaryHeap<Reverse<(Millis, Timer)>>,
@@ -256,6 +259,7 @@ impl PresenceCore {
             probes: HashMap::new(),
             per_user: HashMap::new(),
             seen: HashMap::new(),
+            at_gateway: HashMap::new(),
             pending: HashMap::new(),
             next_token: 1,
             timers: BinaryHeap::new(),
@@ -517,8 +521,35 @@ impl PresenceCore {
                     );
                 }
             }
+            PresenceType::None | PresenceType::Unavailable => {
+                let resource = from.resource().map(|r| r.to_string()).unwrap_or_default();
+                if p.type_ == PresenceType::None {
+                    self.at_gateway
+                        .entry(user.to_string())
+                        .or_default()
+                        .insert(resource);
+                } else if let Some(set) = self.at_gateway.get_mut(user) {
+                    // A bare unavailable ends every resource.
+                    if resource.is_empty() {
+                        set.clear();
+                    } else {
+                        set.remove(&resource);
+                    }
+                    if set.is_empty() {
+                        self.at_gateway.remove(user);
+                    }
+                }
+                self.confirm_user(now, user)
+            }
             _ => self.confirm_user(now, user),
         }
+    }
+
+    /// Whether `user` (a bare JID) is known to be available: some resource of theirs has
+    /// sent available presence to a contact JID at the gateway or to the gateway's own
+    /// domain, and has not sent unavailable since. Nothing seen means not available.
+    pub fn is_available(&self, user: &str) -> bool {
+        self.views.get(user).is_some_and(|v| v.is_available()) || self.at_gateway.contains_key(user)
     }
 
     fn out_subscribe(

@@ -702,3 +702,24 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn availability_follows_presence_to_contacts_and_to_the_gateway_domain() {
+    let mut c = core(|_| {});
+    let user = "juliet@example.com";
+    assert!(!c.is_available(user));
+    // Directed presence to the gateway's domain, per resource.
+    c.handle_xmpp(T0, presence("<presence xmlns='jabber:component:accept' from='juliet@example.com/balcony' to='sip.example.com'/>"));
+    assert!(c.is_available(user));
+    c.handle_xmpp(T0 + 1, presence("<presence xmlns='jabber:component:accept' from='juliet@example.com/garden' to='sip.example.com'/>"));
+    c.handle_xmpp(T0 + 2, presence("<presence xmlns='jabber:component:accept' type='unavailable' from='juliet@example.com/balcony' to='sip.example.com'/>"));
+    assert!(c.is_available(user), "the garden resource is still there");
+    c.handle_xmpp(T0 + 3, presence("<presence xmlns='jabber:component:accept' type='unavailable' from='juliet@example.com/garden' to='sip.example.com'/>"));
+    assert!(!c.is_available(user));
+    // Presence to a contact JID at the gateway.
+    c.handle_xmpp(T0 + 4, presence("<presence xmlns='jabber:component:accept' from='juliet@example.com/balcony' to='romeo\\40example.net@sip.example.com'><show>away</show></presence>"));
+    assert!(c.is_available(user));
+    c.handle_xmpp(T0 + 5, presence("<presence xmlns='jabber:component:accept' type='unavailable' from='juliet@example.com/balcony' to='romeo\\40example.net@sip.example.com'/>"));
+    assert!(!c.is_available(user));
+    assert!(!c.is_available("romeo@example.com"));
+}

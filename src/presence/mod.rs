@@ -3,7 +3,8 @@
 
 pub mod core;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -17,6 +18,34 @@ use crate::sip::endpoint::{IncomingRequest, SipHandle};
 use crate::sip::message::response_to;
 use crate::store::{Row, Store, StoreError};
 use crate::xmpp::link::XmppLink;
+
+/// Which local users the gateway knows to be available (bare JIDs), as the presence task
+/// last saw it ([`core::PresenceCore::is_available`]); written by the presence task, read
+/// by the chat task (`chat.answer = "when_available"`). Cheap to clone; not persisted, so
+/// after a restart a user is unknown until their next presence (a login, or the probe
+/// answers their server sends).
+#[derive(Clone, Default)]
+pub struct Availability(Arc<RwLock<HashSet<String>>>);
+
+impl Availability {
+    pub fn new() -> Availability {
+        Availability::default()
+    }
+
+    pub fn is_available(&self, user: &str) -> bool {
+        self.0.read().map(|s| s.contains(user)).unwrap_or(false)
+    }
+
+    pub fn set(&self, user: &str, available: bool) {
+        if let Ok(mut s) = self.0.write() {
+            if available {
+                s.insert(user.to_string());
+            } else {
+                s.remove(user);
+            }
+        }
+    }
+}
 
 /// What the gateway hands the presence task.
 pub enum Input {
@@ -78,6 +107,7 @@ pub fn start(
     addresses: Arc<AddressMap>,
     sip: SipHandle,
     xmpp: XmppLink,
+    availability: Availability,
 ) -> Result<PresenceHandle, StoreError> {
     let store = Store::open(&config.store.path)?;
     let contact = format!("sip:stox@{}", sip.contact_host().unwrap_or("127.0.0.1"));
@@ -95,7 +125,7 @@ pub fn start(
         );
     }
     let (tx, rx) = mpsc::channel(8192);
-    tokio::spawn(run(core, store, sip, xmpp, rx));
+    tokio::spawn(run(core, store, sip, xmpp, availability, rx));
     Ok(PresenceHandle { tx })
 }
 
@@ -104,6 +134,7 @@ async fn run(
     store: Store,
     sip: SipHandle,
     xmpp: XmppLink,
+    availability: Availability,
     mut rx: mpsc::Receiver<Input>,
 ) {
     let (results_tx, mut results) = mpsc::unbounded_channel::<(u64, SipResult)>();
@@ -128,7 +159,11 @@ async fn run(
                             type_ = ?p.type_,
                         );
                         let _g = span.enter();
-                        core.handle_xmpp(now_ms(), *p)
+                        let user = p.from.as_ref().map(|j| j.to_bare().to_string());
+                        core.handle_xmpp(now_ms(), *p);
+                        if let Some(user) = user {
+                            availability.set(&user, core.is_available(&user));
+                        }
                     }
                     Input::Sip(i) => {
                         let call_id = crate::sip::dialog::header_value(&i.request.headers, "Call-ID").unwrap_or_default();

@@ -459,7 +459,10 @@ fn chat_states_become_iscomposing_and_gone_ends_the_session() {
         ),
     );
     let a = actions(&mut c);
-    let [Action::Stanza(m)] = &a[..] else {
+    let [Action::Deliver {
+        stanza: Some(m), ..
+    }] = &a[..]
+    else {
         panic!("{a:?}")
     };
     let x = String::from(&Element::from(m.clone()));
@@ -539,7 +542,10 @@ fn a_sip_invite_is_answered_and_its_sends_become_chat_messages() {
         ),
     );
     let a = actions(&mut c);
-    let [Action::Stanza(m)] = &a[..] else {
+    let [Action::Deliver {
+        stanza: Some(m), ..
+    }] = &a[..]
+    else {
         panic!("{a:?}")
     };
     let x = String::from(&Element::from(m.clone()));
@@ -666,4 +672,55 @@ fn a_session_whose_msrp_never_connects_falls_back() {
         ),
         "{a:?}"
     );
+}
+
+#[test]
+fn with_when_available_an_invite_for_a_user_not_known_available_gets_480() {
+    let addresses = AddressMap::new(
+        "sip.example.com",
+        &["example.com".to_string()],
+        &["example.com".to_string()],
+        None,
+    )
+    .unwrap();
+    let mut c = ChatCore::new(
+        ChatSettings {
+            msrp_host: "gw.example.com".into(),
+            contact_host: "gw.example.com:5060".into(),
+            answer: ChatAnswer::WhenAvailable,
+            ..ChatSettings::default()
+        },
+        Arc::new(addresses),
+    );
+    let availability = crate::presence::Availability::new();
+    c.set_availability(availability.clone());
+    let t0 = Instant::now();
+    let sdp = romeo_sdp("", "text/plain");
+    let r = c.handle_sip_request(t0, &romeo_invite("w1", &sdp)).unwrap();
+    assert_eq!(r.status_code.code(), 480);
+    assert_eq!(c.sessions(), 0);
+    assert!(actions(&mut c).is_empty());
+    // Someone else being available does not help juliet.
+    availability.set("romeo@example.com", true);
+    let r = c.handle_sip_request(t0, &romeo_invite("w2", &sdp)).unwrap();
+    assert_eq!(r.status_code.code(), 480);
+    availability.set("juliet@example.com", true);
+    let r = c.handle_sip_request(t0, &romeo_invite("w3", &sdp)).unwrap();
+    assert_eq!(r.status_code.code(), 200);
+    assert_eq!(c.sessions(), 1);
+    availability.set("juliet@example.com", false);
+    let r = c.handle_sip_request(t0, &romeo_invite("w4", &sdp)).unwrap();
+    assert_eq!(r.status_code.code(), 480);
+}
+
+#[test]
+fn by_default_an_invite_is_answered_without_looking_at_availability() {
+    let mut c = core();
+    let r = c
+        .handle_sip_request(
+            Instant::now(),
+            &romeo_invite("a1", &romeo_sdp("", "text/plain")),
+        )
+        .unwrap();
+    assert_eq!(r.status_code.code(), 200);
 }

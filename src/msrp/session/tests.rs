@@ -852,3 +852,141 @@ fn a_byte_range_that_miscounts_the_body_is_still_delivered() {
     };
     assert_eq!(&m.body[..], b"Hey Bob, are you there?");
 }
+
+fn deferring() -> Config {
+    Config {
+        defer_response: Some(Duration::from_secs(10)),
+        ..Config::default()
+    }
+}
+
+#[test]
+fn a_deferred_message_is_answered_only_when_the_application_says_so() {
+    let mut p = Pair::new(Config::default(), deferring());
+    let mut m = text("What man art thou ...?");
+    m.success_report = true;
+    let id = p.a.send(m).unwrap();
+    p.drive();
+    // Bob has the message, Alice has neither a response nor a REPORT yet.
+    assert_eq!(p.messages().len(), 1);
+    assert_eq!(p.b_to_a, b"");
+    assert!(p.a_events.is_empty());
+    assert!(!p.b.is_idle());
+    assert_eq!(p.b.poll_timeout(), Some(p.now + Duration::from_secs(10)));
+    p.advance(Duration::from_secs(3));
+    assert_eq!(p.b_to_a, b"");
+    assert!(p.b.answer(&id, 200, "OK"));
+    p.drive();
+    let r = responses(&p.b_to_a);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].code, 200);
+    assert_eq!(requests(&p.b_to_a)[0].method, Method::Report);
+    assert!(matches!(&p.a_events[0], Event::Delivered { message_id } if *message_id == id));
+    assert!(matches!(&p.a_events[1], Event::Report { status, .. } if status.code == 200));
+    // Once only.
+    assert!(!p.b.answer(&id, 200, "OK"));
+    assert!(p.b.is_idle());
+    assert_eq!(p.b.poll_timeout(), None);
+}
+
+#[test]
+fn a_deferred_message_refused_gets_the_error_and_no_report() {
+    let mut p = Pair::new(Config::default(), deferring());
+    let mut m = text("Deny thy father");
+    m.success_report = true;
+    let id = p.a.send(m).unwrap();
+    p.drive();
+    assert!(p.b.answer(&id, 403, "XMPP server unreachable"));
+    p.drive();
+    let r = responses(&p.b_to_a);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].code, 403);
+    assert!(requests(&p.b_to_a).is_empty());
+    assert_eq!(
+        p.a_events,
+        vec![Event::Failed {
+            message_id: id,
+            failure: Failure::Response {
+                code: 403,
+                comment: Some("XMPP server unreachable".into())
+            }
+        }]
+    );
+}
+
+#[test]
+fn a_deferred_message_nobody_answers_gets_408_at_the_timeout() {
+    let mut p = Pair::new(Config::default(), deferring());
+    let id = p.a.send(text("Wherefore art thou")).unwrap();
+    p.drive();
+    p.advance(Duration::from_millis(9_999));
+    assert_eq!(p.b_to_a, b"");
+    p.advance(Duration::from_millis(1));
+    let r = responses(&p.b_to_a);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].code, 408);
+    assert!(matches!(&p.a_events[..], [Event::Failed { message_id, .. }] if *message_id == id));
+    // The late answer finds nothing.
+    assert!(!p.b.answer(&id, 200, "OK"));
+    assert!(p.b.is_idle());
+}
+
+#[test]
+fn only_the_final_chunk_of_a_deferred_message_waits_and_answers_keep_their_order() {
+    let config = Config {
+        chunk_size: 1000,
+        ..Config::default()
+    };
+    let mut p = Pair::new(config, deferring());
+    let body: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
+    let big = p.a.send(Outgoing::new("text/plain", body)).unwrap();
+    let small = p.a.send(text("and then")).unwrap();
+    p.drive();
+    let sent = requests(&p.a_to_b);
+    assert_eq!(sent.len(), 4);
+    // The chunks that do not complete a message are answered at once; the final chunk
+    // of the big one and the small one are held.
+    let finals: Vec<TransactionId> = sent
+        .iter()
+        .filter(|r| r.flag == Flag::End)
+        .map(|r| r.tid.clone())
+        .collect();
+    assert_eq!(finals.len(), 2);
+    let r = responses(&p.b_to_a);
+    assert_eq!(r.len(), 2);
+    assert!(r.iter().all(|r| !finals.contains(&r.tid) && r.code == 200));
+    let got: Vec<MessageId> = p.messages().iter().map(|m| m.message_id.clone()).collect();
+    assert_eq!(got.len(), 2);
+    assert!(got.contains(&big) && got.contains(&small));
+    assert!(p.b.answer(&small, 200, "OK"));
+    assert!(p.b.answer(&big, 200, "OK"));
+    p.drive();
+    // The answers go in the order they are given.
+    let r = responses(&p.b_to_a);
+    assert_eq!(r.len(), 4);
+    let small_tid = sent
+        .iter()
+        .find(|q| q.headers.message_id() == Some(&small))
+        .map(|q| q.tid.clone());
+    assert_eq!(Some(r[2].tid.clone()), small_tid);
+    assert!(finals.contains(&r[3].tid));
+    assert_eq!(
+        p.a_events,
+        vec![
+            Event::Delivered { message_id: small },
+            Event::Delivered { message_id: big }
+        ]
+    );
+}
+
+#[test]
+fn failure_report_no_is_never_answered_even_when_deferred() {
+    let mut p = Pair::new(Config::default(), deferring());
+    let mut m = text("silence");
+    m.failure_report = FailureReport::No;
+    let id = p.a.send(m).unwrap();
+    p.drive();
+    assert!(p.b.answer(&id, 403, "XMPP server unreachable"));
+    p.drive();
+    assert_eq!(p.b_to_a, b"");
+}
