@@ -59,7 +59,7 @@ const NS_RECEIPTS: &str = ns::RECEIPTS;
 /// Outgoing messages whose receipt or error is still awaited, per session.
 const MAX_TRACKED: usize = 4096;
 /// How long the response to a SIP user's message waits for its stanza to be written to
-/// the XMPP server before the session answers 408 on its own; well below the sender's
+/// the XMPP server before the session refuses it (403) on its own; well below the sender's
 /// 30 s transaction timeout (RFC 4975 section 7.1.1).
 pub const DELIVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The MSRP answer to a message whose stanza could not be written (the XMPP link is down

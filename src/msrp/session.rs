@@ -55,7 +55,8 @@ pub struct Config {
     /// chunk that completes a message (and its success REPORT) waits until the
     /// application calls [`Session::answer`], so that 200 means "handed on" (a gateway
     /// writes the message to the next network first); if nobody answers within `t`, the
-    /// session answers 408 on its own. `t` should stay well below the peer's 30 s
+    /// session answers 403 on its own (RFC 4975 section 10: 408 is never sent as a
+    /// response, only reported; 403 refuses the request). `t` should stay well below the peer's 30 s
     /// transaction timeout (section 7.1.1). Earlier chunks are answered 200 at once: a
     /// 200 to a chunk only says the chunk arrived, and an error on the final chunk fails
     /// the whole message at the sender, so no failure REPORT is needed after them.
@@ -262,7 +263,7 @@ impl Incoming {
 struct Deferred {
     tid: TransactionId,
     headers: Headers,
-    /// Answered 408 by the session itself then.
+    /// Answered 403 by the session itself then.
     deadline: Instant,
     /// A success REPORT is due once the message is answered 200.
     report: Option<(Vec<MsrpUri>, usize)>,
@@ -344,7 +345,7 @@ impl Session {
     /// sends the 200 (unless Failure-Report forbids) and the success REPORT if one was
     /// asked for; any other code is an error response to that chunk (section 7.1.1: the
     /// sender fails the whole message) and no REPORT. Returns false when nothing is held
-    /// for `id` (answered already, or answered 408 by the timeout).
+    /// for `id` (answered already, or answered 403 by the timeout).
     pub fn answer(&mut self, id: &MessageId, code: u16, comment: &str) -> bool {
         let Some(d) = self.deferred.remove(id) else {
             return false;
@@ -493,7 +494,7 @@ impl Session {
             .map(|(id, _)| id.clone())
             .collect();
         for id in overdue {
-            self.answer(&id, 408, "Request Timeout");
+            self.answer(&id, 403, "Not handed on in time");
         }
         let expired: Vec<TransactionId> = self
             .pending
@@ -933,9 +934,9 @@ impl Session {
                         report: inc.success_report.then(|| (inc.from_path.clone(), len)),
                     };
                     // The same Message-ID complete again before the first was answered:
-                    // the earlier one will not be, so it gets its 408 now.
+                    // the earlier one will not be, so it is refused now.
                     if self.deferred.contains_key(&id) {
-                        self.answer(&id, 408, "Request Timeout");
+                        self.answer(&id, 403, "Superseded");
                     }
                     self.deferred.insert(id.clone(), held);
                 } else if inc.success_report {

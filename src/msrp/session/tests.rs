@@ -915,7 +915,7 @@ fn a_deferred_message_refused_gets_the_error_and_no_report() {
 }
 
 #[test]
-fn a_deferred_message_nobody_answers_gets_408_at_the_timeout() {
+fn a_deferred_message_nobody_answers_gets_403_at_the_timeout() {
     let mut p = Pair::new(Config::default(), deferring());
     let id = p.a.send(text("Wherefore art thou")).unwrap();
     p.drive();
@@ -924,7 +924,7 @@ fn a_deferred_message_nobody_answers_gets_408_at_the_timeout() {
     p.advance(Duration::from_millis(1));
     let r = responses(&p.b_to_a);
     assert_eq!(r.len(), 1);
-    assert_eq!(r[0].code, 408);
+    assert_eq!(r[0].code, 403);
     assert!(matches!(&p.a_events[..], [Event::Failed { message_id, .. }] if *message_id == id));
     // The late answer finds nothing.
     assert!(!p.b.answer(&id, 200, "OK"));
