@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use rsipstack::sip::Method;
 use tokio::sync::mpsc;
 use xmpp_parsers::stanza::Stanza;
@@ -123,13 +124,25 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
     })
 }
 
+/// Messages each router works on itself (polled in its own task, no spawn and no
+/// cross-thread wake-up per message); beyond this many awaiting their answer at once,
+/// further ones get a task of their own, as before.
+const IN_FLIGHT: usize = 4096;
+
 async fn route_xmpp(
     mut inbound: mpsc::Receiver<Stanza>,
     im: Arc<Im>,
     presence: PresenceHandle,
     chat: Option<ChatHandle>,
 ) {
-    while let Some(stanza) = inbound.recv().await {
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        let stanza = tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+            s = inbound.recv() => s,
+        };
+        let Some(stanza) = stanza else { break };
         match stanza {
             Stanza::Iq(iq) => {
                 if let Some(reply) = service::handle_iq(iq, &im.addresses) {
@@ -139,6 +152,7 @@ async fn route_xmpp(
             Stanza::Message(m) => match &chat {
                 // type=chat are chat sessions (RFC 7573) when [msrp] is configured.
                 Some(c) if m.type_ == xmpp_parsers::message::MessageType::Chat => c.xmpp(m),
+                _ if in_flight.len() < IN_FLIGHT => in_flight.push(im.clone().from_xmpp(m)),
                 _ => {
                     tokio::spawn(im.clone().from_xmpp(m));
                 }
@@ -146,6 +160,7 @@ async fn route_xmpp(
             Stanza::Presence(p) => presence.xmpp(p),
         }
     }
+    while in_flight.next().await.is_some() {}
 }
 
 async fn route_sip(
@@ -154,12 +169,22 @@ async fn route_sip(
     presence: PresenceHandle,
     chat: Option<ChatHandle>,
 ) {
-    while let Some(incoming) = requests.recv().await {
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+            r = requests.recv() => r,
+        };
+        let Some(incoming) = incoming else { break };
         match incoming.request.method {
             Method::Invite | Method::Ack | Method::Bye | Method::Cancel if chat.is_some() => {
                 if let Some(c) = &chat {
                     c.sip(incoming);
                 }
+            }
+            Method::Message if in_flight.len() < IN_FLIGHT => {
+                in_flight.push(im.clone().from_sip(incoming))
             }
             Method::Message => {
                 tokio::spawn(im.clone().from_sip(incoming));
@@ -169,4 +194,5 @@ async fn route_sip(
             _ => im.unsupported(incoming),
         }
     }
+    while in_flight.next().await.is_some() {}
 }

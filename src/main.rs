@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime.worker_threads)
         .enable_all()
         .build()
     {

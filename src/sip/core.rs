@@ -223,7 +223,9 @@ pub struct SipCore {
     locals: Vec<Local>,
     max_message_size: usize,
     next_id: u64,
-    servers: HashMap<u64, ServerTx>,
+    /// Boxed: a map entry of its own size would leave ~40 % of a 500-byte struct unused
+    /// per slot at the map's usual load, for the 32 s of timer J.
+    servers: HashMap<u64, Box<ServerTx>>,
     server_keys: HashMap<ServerKey, u64>,
     clients: HashMap<u64, ClientTx>,
     client_keys: HashMap<ClientKey, u64>,
@@ -377,7 +379,7 @@ impl SipCore {
                 if let Some(ServerTx {
                     machine: ServerMachine::Invite(m),
                     ..
-                }) = self.servers.get_mut(&id)
+                }) = self.servers.get_mut(&id).map(|t| &mut **t)
                 {
                     m.on_ack(now);
                 }
@@ -391,7 +393,7 @@ impl SipCore {
                 tracing::debug!(call_id = %dialog_key.0, "ACK for no pending 2xx; dropped.");
                 return;
             };
-            let fresh = match self.servers.get_mut(&id) {
+            let fresh = match self.servers.get_mut(&id).map(|t| &mut **t) {
                 Some(ServerTx {
                     machine: ServerMachine::Invite(m),
                     ..
@@ -447,7 +449,7 @@ impl SipCore {
             }
             self.servers.insert(
                 id,
-                ServerTx {
+                Box::new(ServerTx {
                     key,
                     merge: None,
                     machine: ServerMachine::NonInvite(ServerNonInvite::new(
@@ -459,7 +461,7 @@ impl SipCore {
                     reply,
                     to_tag: random_token(10),
                     scheduled: None,
-                },
+                }),
             );
             let answer = message::response_to(&request, status, None, "");
             self.respond(now, ServerTxId(id), answer);
@@ -517,7 +519,7 @@ impl SipCore {
         };
         self.servers.insert(
             id,
-            ServerTx {
+            Box::new(ServerTx {
                 key,
                 merge,
                 machine,
@@ -525,7 +527,7 @@ impl SipCore {
                 reply,
                 to_tag: random_token(10),
                 scheduled: None,
-            },
+            }),
         );
         if is_invite {
             // 17.2.1: 100 Trying at once, so the client stops retransmitting (timer A).
@@ -895,7 +897,10 @@ impl SipCore {
             _ => None,
         };
         let mut msg = SipMessage::Response(response);
-        let bytes = Bytes::from(message::to_bytes(&mut msg));
+        let mut bytes = message::to_bytes(&mut msg);
+        // The transaction keeps these bytes until timer J (32 s over UDP): no spare capacity.
+        bytes.shrink_to_fit();
+        let bytes = Bytes::from(bytes);
         if bytes.len() > self.max_message_size {
             tracing::warn!(len = bytes.len(), "Response over the size limit; not sent.");
             return;
@@ -905,6 +910,11 @@ impl SipCore {
             ServerMachine::Invite(m) => m.on_respond(now, status, bytes.clone()),
         };
         if ok {
+            if status >= 200 && matches!(tx.machine, ServerMachine::NonInvite(_)) {
+                // Completed: only retransmissions of the stored response go out from now
+                // on, so the tag is not needed for the rest of timer J.
+                tx.to_tag = String::new();
+            }
             self.transmits.push_back(Transmit {
                 bytes,
                 ..tx.reply.clone()
