@@ -173,7 +173,7 @@ interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {c2s_port} }}
 component_ports = {{ {component_port} }}
 component_interfaces = {{ "127.0.0.1" }}
-network_settings = {{ tcp_nodelay = true }}
+network_settings = {{ nagle = false }}
 http_ports = {{}}
 https_ports = {{}}
 VirtualHost "localhost"

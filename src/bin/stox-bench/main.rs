@@ -339,7 +339,7 @@ interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {c2s} }}
 component_ports = {{ {component} }}
 component_interfaces = {{ "127.0.0.1" }}
-network_settings = {{ tcp_nodelay = true }}
+network_settings = {{ nagle = false }}
 http_ports = {{}}
 https_ports = {{}}
 VirtualHost "localhost"
