@@ -12,7 +12,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::Rng;
@@ -234,8 +234,23 @@ pub struct SipCore {
     /// Live server transactions of out-of-dialog requests, for loop detection (8.2.2.2).
     merged: HashMap<MergeKey, u64>,
     wakeups: BinaryHeap<Reverse<(Instant, TxRef)>>,
+    /// Origin of the [`LINGER_GRID`].
+    epoch: Instant,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+}
+
+/// Cleanup timers (J, K, D, I: a finished transaction only waits to be forgotten) are
+/// rounded up to this grid, so one wakeup ends many transactions instead of one wakeup
+/// each. They are minimum lifetimes, so ending a few ms later keeps RFC 3261.
+const LINGER_GRID: Duration = Duration::from_millis(100);
+
+/// `at` rounded up to the next multiple of [`LINGER_GRID`] after `epoch`.
+fn on_grid(epoch: Instant, at: Instant) -> Instant {
+    let grid = LINGER_GRID.as_nanos();
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let steps = since.div_ceil(grid);
+    epoch + Duration::from_nanos((steps * grid) as u64)
 }
 
 /// RFC 3261 8.1.1.7: the magic cookie marks an RFC 3261 branch.
@@ -263,6 +278,7 @@ impl SipCore {
             accepted: HashMap::new(),
             merged: HashMap::new(),
             wakeups: BinaryHeap::new(),
+            epoch: Instant::now(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -942,8 +958,20 @@ impl SipCore {
         self.events.pop_front()
     }
 
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.wakeups.peek().map(|Reverse((at, _))| *at)
+    /// The next real deadline. Superseded wakeups at the head of the heap (a timer E whose
+    /// response came) are dropped here, so the driver never wakes for them.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, r))) = self.wakeups.peek().copied() {
+            let scheduled = match r {
+                TxRef::Server(id) => self.servers.get(&id).and_then(|t| t.scheduled),
+                TxRef::Client(id) => self.clients.get(&id).and_then(|t| t.scheduled),
+            };
+            if scheduled == Some(at) {
+                return Some(at);
+            }
+            self.wakeups.pop();
+        }
+        None
     }
 
     // ----- internals -----
@@ -962,9 +990,21 @@ impl SipCore {
                 let Some(tx) = self.servers.get_mut(&id) else {
                     return;
                 };
-                let (terminated, deadline) = match &tx.machine {
-                    ServerMachine::NonInvite(m) => (m.is_terminated(), m.deadline()),
-                    ServerMachine::Invite(m) => (m.is_terminated(), m.deadline()),
+                let (terminated, lingering, deadline) = match &tx.machine {
+                    ServerMachine::NonInvite(m) => (
+                        m.is_terminated(),
+                        m.state() == ServerState::Completed,
+                        m.deadline(),
+                    ),
+                    ServerMachine::Invite(m) => (
+                        m.is_terminated(),
+                        m.state() == ServerState::Confirmed,
+                        m.deadline(),
+                    ),
+                };
+                let deadline = match deadline {
+                    Some(d) if lingering => Some(on_grid(self.epoch, d)),
+                    d => d,
                 };
                 if terminated {
                     let key = tx.key.clone();
@@ -1004,7 +1044,12 @@ impl SipCore {
                     self.client_keys.remove(&key);
                     return;
                 }
-                let deadline = tx.machine.deadline();
+                let deadline = match tx.machine.deadline() {
+                    Some(d) if tx.machine.state() == ClientState::Completed => {
+                        Some(on_grid(self.epoch, d))
+                    }
+                    d => d,
+                };
                 if deadline != tx.scheduled {
                     tx.scheduled = deadline;
                     if let Some(d) = deadline {
@@ -1355,8 +1400,8 @@ mod tests {
         let (t, e) = drain(&mut core);
         assert!(e.is_empty());
         assert_eq!(t[0].bytes, first, "the same 200, same To tag");
-        // Timer J ends it; the same branch is then a new request.
-        core.handle_timeout(t0 + Duration::from_secs(32));
+        // Timer J (on the cleanup grid) ends it; the same branch is then a new request.
+        core.handle_timeout(t0 + Duration::from_secs(32) + LINGER_GRID);
         assert_eq!(core.stats().server_transactions, 0);
     }
 
@@ -1577,7 +1622,7 @@ mod tests {
             drain(&mut core).0.is_empty(),
             "no more retransmissions after ACK"
         );
-        core.handle_timeout(t0 + Duration::from_millis(5600));
+        core.handle_timeout(t0 + Duration::from_millis(5600) + LINGER_GRID);
         assert_eq!(core.stats().server_transactions, 0);
     }
 
@@ -1741,7 +1786,7 @@ mod tests {
         push_messages(&mut core, t0, 2000, 0);
         // Each waits out timer J (64*T1 over UDP) holding its 200 for retransmissions.
         assert_eq!(core.stats().server_transactions, 2000);
-        core.handle_timeout(t0 + Duration::from_secs(32));
+        core.handle_timeout(t0 + Duration::from_secs(32) + LINGER_GRID);
         assert_eq!(core.held(), 0);
         assert_eq!(core.poll_timeout(), None);
         // Client side too: 2000 MESSAGEs answered, then timer K.
@@ -1752,7 +1797,33 @@ mod tests {
             drain(&mut core);
         }
         assert_eq!(core.stats().client_transactions, 2000);
-        core.handle_timeout(t0 + Duration::from_secs(5));
+        core.handle_timeout(t0 + Duration::from_secs(5) + LINGER_GRID);
+        assert_eq!(core.held(), 0);
+    }
+
+    #[test]
+    fn cleanup_timers_share_wakeups_and_answered_retransmit_timers_wake_nobody() {
+        let t0 = Instant::now();
+        let mut core = SipCore::new(Timers::default(), local(), 65535);
+        // 50 MESSAGEs sent 1 ms apart and answered at once: their timers E are superseded
+        // and their timers K fall on at most two points of the grid.
+        for token in 0..50u64 {
+            let at = t0 + Duration::from_millis(token);
+            core.send_request(at, outgoing(), target(Transport::Udp), token);
+            let (t, _) = drain(&mut core);
+            core.handle_message(at, response_for(&t[0], "200 OK"), udp_source());
+            drain(&mut core);
+        }
+        let mut wakeups = Vec::new();
+        while let Some(at) = core.poll_timeout() {
+            wakeups.push(at);
+            core.handle_timeout(at);
+        }
+        assert!(wakeups.len() <= 2, "{wakeups:?}");
+        let last_k = t0 + Duration::from_millis(49) + Timers::default().t4;
+        assert!(wakeups[0] >= t0 + Timers::default().t4, "never early");
+        assert!(*wakeups.last().unwrap() >= last_k);
+        assert!(*wakeups.last().unwrap() <= last_k + LINGER_GRID);
         assert_eq!(core.held(), 0);
     }
 

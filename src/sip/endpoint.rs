@@ -690,8 +690,18 @@ impl Driver {
         mut rx: mpsc::Receiver<Input>,
         mut cmds: mpsc::UnboundedReceiver<Input>,
     ) {
+        // One timer entry, moved only when the deadline moves: a new Sleep per loop would
+        // register and cancel a timer for every batch of input.
+        let far = || Instant::now() + Duration::from_secs(86400);
+        let sleep = tokio::time::sleep_until(far());
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
         loop {
             let deadline = self.core.poll_timeout().map(Instant::from_std);
+            if deadline != armed {
+                sleep.as_mut().reset(deadline.unwrap_or_else(far));
+                armed = deadline;
+            }
             tokio::select! {
                 biased;
                 cmd = cmds.recv() => {
@@ -723,7 +733,8 @@ impl Driver {
                         }
                     }
                 }
-                _ = sleep_until_opt(deadline) => {
+                _ = &mut sleep, if armed.is_some() => {
+                    armed = None;
                     self.core.handle_timeout(tokio::time::Instant::now().into_std());
                 }
             }
@@ -1076,13 +1087,6 @@ impl Pending {
                 let _ = events.send(ClientEvent::Failed(e));
             }
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

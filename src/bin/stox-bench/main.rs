@@ -56,6 +56,16 @@ struct Args {
     /// Keep the temp dir (configs, logs, SIPp files).
     #[arg(long)]
     keep: bool,
+    /// Only this direction's message runs (for profiling one path).
+    #[arg(long, value_enum, default_value_t = Only::Both)]
+    only: Only,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Only {
+    Both,
+    SipToXmpp,
+    XmppToSip,
 }
 
 struct Env {
@@ -166,7 +176,17 @@ fn run(args: &Args, dir: &Path, stox_bin: &Path) -> anyhow::Result<()> {
     let stox_port = stox.1;
     let stox_cpu = Cpu::Pid(stox.0.pid());
     let mut stox_rows = Vec::new();
-    for &rate in &args.rates {
+    let sip_rates: &[u64] = if args.only == Only::XmppToSip {
+        &[]
+    } else {
+        &args.rates
+    };
+    let xmpp_rates: &[u64] = if args.only == Only::SipToXmpp {
+        &[]
+    } else {
+        &args.rates
+    };
+    for &rate in sip_rates {
         let r = sip_to_xmpp(
             &env,
             dir,
@@ -179,7 +199,7 @@ fn run(args: &Args, dir: &Path, stox_bin: &Path) -> anyhow::Result<()> {
         )?;
         stox_rows.push(("SIP -> XMPP", rate, r));
     }
-    for &rate in &args.rates {
+    for &rate in xmpp_rates {
         let to = "bob\\40sip.test@sip.localhost";
         let r = xmpp_to_sip(&mut env, &stox_cpu, stox.0.pid(), to, rate, args.duration)?;
         stox_rows.push(("XMPP -> SIP", rate, r));
@@ -188,16 +208,21 @@ fn run(args: &Args, dir: &Path, stox_bin: &Path) -> anyhow::Result<()> {
     drop(stox);
     // RSS soak, both directions at once, on a fresh stox (the runs above left the peak of
     // the top rate in its heap).
-    let (fresh, _) = start_stox(&env, dir, stox_bin, "stox-soak")?;
-    let soak = soak(
-        &mut env,
-        dir,
-        fresh.1,
-        fresh.0.pid(),
-        args.soak_rate,
-        args.soak,
-    )?;
-    drop(fresh);
+    let soak = if args.soak == 0 {
+        "not run (--soak 0)".to_string()
+    } else {
+        let (fresh, _) = start_stox(&env, dir, stox_bin, "stox-soak")?;
+        let soak = soak(
+            &mut env,
+            dir,
+            fresh.1,
+            fresh.0.pid(),
+            args.soak_rate,
+            args.soak,
+        )?;
+        drop(fresh);
+        soak
+    };
 
     // Kamailio.
     let mut kam_rows: Vec<Option<Row>> = vec![None; stox_rows.len()];
@@ -208,12 +233,12 @@ fn run(args: &Args, dir: &Path, stox_bin: &Path) -> anyhow::Result<()> {
             Ok((kam, port)) => {
                 let cpu = Cpu::Group(kam.pid());
                 let mut i = 0;
-                for &rate in &args.rates {
+                for &rate in sip_rates {
                     let r = sip_to_xmpp(&env, dir, "kamailio", port, &cpu, 0, rate, args.duration)?;
                     kam_rows[i] = Some(r);
                     i += 1;
                 }
-                for &rate in &args.rates {
+                for &rate in xmpp_rates {
                     let r =
                         xmpp_to_sip(&mut env, &cpu, 0, "bob@kam.localhost", rate, args.duration)?;
                     kam_rows[i] = Some(r);
@@ -232,7 +257,11 @@ fn run(args: &Args, dir: &Path, stox_bin: &Path) -> anyhow::Result<()> {
     };
 
     // Presence memory, on a fresh stox.
-    let subs = presence_memory(&mut env, dir, stox_bin, args.subs, users)?;
+    let subs = if args.subs == 0 {
+        "not run (--subs 0)".to_string()
+    } else {
+        presence_memory(&mut env, dir, stox_bin, args.subs, users)?
+    };
 
     // The table.
     writeln!(out, "| direction | offered/s | stox delivered/s | loss % | p50 / p99 / max ms | CPU s/1k | peak RSS MB | Kamailio delivered/s | loss % | p50 / p99 / max ms | CPU s/1k | RSS MB | CPU Kamailio/stox |")?;
