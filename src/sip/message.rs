@@ -689,12 +689,50 @@ pub fn to_bytes(msg: &mut SipMessage) -> Vec<u8> {
     headers.push(Header::ContentLength(rsipstack::sip::ContentLength::new(
         body_len.to_string(),
     )));
-    msg.to_bytes()
+    // What rsipstack's `to_bytes` writes, into one buffer: its Headers Display makes a
+    // String per header, a Vec of them and a joined copy, for every message sent.
+    use std::io::Write as _;
+    let mut buf = Vec::with_capacity(512 + body_len);
+    let (headers, body) = match msg {
+        SipMessage::Request(r) => {
+            let _ = write!(buf, "{} {} {}\r\n", r.method, r.uri, r.version);
+            (&r.headers, &r.body)
+        }
+        SipMessage::Response(r) => {
+            let _ = write!(
+                buf,
+                "{} {} {}\r\n",
+                r.version,
+                r.status_code.code(),
+                r.status_code.text()
+            );
+            (&r.headers, &r.body)
+        }
+    };
+    for h in headers.iter() {
+        let _ = write!(buf, "{h}\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+    buf.extend_from_slice(body);
+    buf
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn to_bytes_writes_what_rsipstack_writes() {
+        let texts = [
+            "MESSAGE sip:bob@example.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKa\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.net>\r\nCall-ID: c1\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKa\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.net>;tag=2\r\nCall-ID: c1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n",
+        ];
+        for text in texts {
+            let mut msg = rsipstack::sip::SipMessage::try_from(text.as_bytes().to_vec()).unwrap();
+            let ours = to_bytes(&mut msg);
+            assert_eq!(ours, msg.to_bytes(), "{text}");
+        }
+    }
 
     const MAX: usize = 65535;
 
