@@ -240,3 +240,68 @@ fn sip_requests_for_other_domains_are_not_relayed() {
     );
     r.assert_ok();
 }
+
+/// A 200 means Prosody has taken the stanza, not that stox wrote it to a socket: while
+/// Prosody is frozen (SIGSTOP) the MESSAGE waits unanswered; once it runs again the 200
+/// comes and juliet has the message. Frozen and then killed, the MESSAGE gets 503.
+#[test]
+fn a_message_is_answered_200_only_once_prosody_has_taken_it() {
+    let dir = temp_dir();
+    let mut prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let stox = Stox::start(dir.path(), prosody.component_port, "");
+    stox.wait_online(1);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = sock.local_addr().unwrap().to_string();
+    let exchange = |body: &str, wait: Duration| -> Option<String> {
+        let request = sip_request(
+            "MESSAGE",
+            "sip:juliet@localhost",
+            "UDP",
+            "Content-Type: text/plain\r\n",
+            body,
+        )
+        .replace("LOCAL", &local);
+        sock.send_to(request.as_bytes(), ("127.0.0.1", stox.sip_port))
+            .unwrap();
+        sock.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 65536];
+        loop {
+            let (n, _) = sock.recv_from(&mut buf).ok()?;
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if !status_line(&text).contains(" 100 ") {
+                return Some(text);
+            }
+        }
+    };
+
+    prosody.signal("STOP");
+    assert_eq!(
+        exchange("frozen then thawed", Duration::from_millis(1500)),
+        None,
+        "answered while Prosody was frozen"
+    );
+    prosody.signal("CONT");
+    let mut buf = [0u8; 65536];
+    sock.set_read_timeout(Some(SECS10)).unwrap();
+    let (n, _) = sock
+        .recv_from(&mut buf)
+        .expect("the 200 once Prosody runs again");
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(status_line(&answer).contains(" 200 "), "{answer}");
+    juliet.expect_stanza(&["frozen then thawed"], SECS10);
+
+    prosody.signal("STOP");
+    assert_eq!(
+        exchange("frozen then killed", Duration::from_millis(1000)),
+        None
+    );
+    prosody.signal("KILL");
+    sock.set_read_timeout(Some(SECS10)).unwrap();
+    let (n, _) = sock
+        .recv_from(&mut buf)
+        .expect("an answer once the link is lost");
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(status_line(&answer).contains(" 503 "), "{answer}");
+}

@@ -12,9 +12,12 @@
 //!   Down -> backoff (250 ms doubling to xmpp.reconnect_max_ms) -> connect ...
 //! ```
 //!
-//! `deliver()` resolves only once the stanza has been written to the server's socket and
-//! fails at once while the link is down, so a SIP request is answered 200 only for a stanza
-//! the server has.
+//! `deliver()` resolves only once the server has answered an XEP-0199 ping sent after the
+//! stanza (a *receipt ping*: a server handles a connection's stanzas in order, so its pong
+//! means every stanza before it was routed), and fails at once while the link is down or its
+//! queue is full. So a SIP request is answered 200 only for a stanza the server has taken:
+//! a write to the socket alone is lost when the server dies with it unread. One receipt
+//! ping is in flight at a time; the deliveries written meanwhile share the next one.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -74,19 +77,26 @@ pub struct XmppLink {
 }
 
 impl XmppLink {
-    /// Hands a stanza to the server: resolves once it is written to the socket.
+    /// Hands a stanza to the server: resolves once the server has taken it (a receipt
+    /// ping after it was answered). Fails at once while the link is down, and while
+    /// `xmpp.queue_limit` stanzas are already waiting (the server is not keeping up), so a
+    /// SIP peer gets 503 instead of no answer.
     pub async fn deliver(&self, stanza: impl Into<Stanza>) -> Result<(), LinkDown> {
         if !self.is_up() {
             return Err(LinkDown);
         }
         let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(Out {
-                stanza: stanza.into(),
-                ack: Some(ack),
-            })
-            .await
-            .map_err(|_| LinkDown)?;
+        match self.tx.try_send(Out {
+            stanza: stanza.into(),
+            ack: Some(ack),
+        }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!("XMPP send queue is full; delivery refused.");
+                return Err(LinkDown);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(LinkDown),
+        }
         rx.await.unwrap_or(Err(LinkDown))
     }
 
@@ -292,11 +302,103 @@ async fn run(
     if let Err(e) = SinkExt::<&XmppStreamElement>::flush(&mut stream).await {
         return Ended::Lost(e.to_string());
     }
-    let mut acks: Vec<oneshot::Sender<Result<(), LinkDown>>> = Vec::new();
+    let mut acks: Vec<Ack> = Vec::new();
+    let mut receipts = Receipts::default();
+    let ended = run_loop(config, &mut stream, rx, inbound, &mut acks, &mut receipts).await;
+    for ack in acks.drain(..) {
+        let _ = ack.send(Err(LinkDown));
+    }
+    receipts.fail_all();
+    ended
+}
+
+type Ack = oneshot::Sender<Result<(), LinkDown>>;
+
+/// Deliveries written to the server and waiting for a receipt ping's answer.
+#[derive(Default)]
+struct Receipts {
+    /// Written after the ping in flight was sent: they wait for the next one.
+    unconfirmed: Vec<Ack>,
+    /// The ping in flight: its id, when it was sent, and the deliveries it confirms.
+    in_flight: Option<(String, tokio::time::Instant, Vec<Ack>)>,
+}
+
+impl Receipts {
+    /// A receipt ping to send now, if deliveries wait and none is in flight.
+    fn next_ping(&mut self, from: &str, to: &str) -> Option<Stanza> {
+        if self.in_flight.is_some() || self.unconfirmed.is_empty() {
+            return None;
+        }
+        let id = format!("rcpt-{}", crate::sip::core::random_token(12));
+        let ping = ping_iq(&id, from, to)?;
+        self.in_flight = Some((
+            id,
+            tokio::time::Instant::now(),
+            std::mem::take(&mut self.unconfirmed),
+        ));
+        Some(ping)
+    }
+
+    /// Whether `iq` answers the ping in flight; if so its deliveries succeed.
+    fn answered(&mut self, iq: &Iq) -> bool {
+        let answer = matches!(iq, Iq::Result { .. } | Iq::Error { .. });
+        match &self.in_flight {
+            Some((id, _, _)) if answer && iq.id() == id => {}
+            _ => return false,
+        }
+        if let Some((_, _, acks)) = self.in_flight.take() {
+            for ack in acks {
+                let _ = ack.send(Ok(()));
+            }
+        }
+        true
+    }
+
+    fn deadline(&self, wait: Duration) -> Option<tokio::time::Instant> {
+        self.in_flight.as_ref().map(|(_, sent, _)| *sent + wait)
+    }
+
+    fn fail_all(&mut self) {
+        let in_flight = self.in_flight.take().map(|(_, _, a)| a).unwrap_or_default();
+        for ack in in_flight.into_iter().chain(self.unconfirmed.drain(..)) {
+            let _ = ack.send(Err(LinkDown));
+        }
+    }
+}
+
+/// How long the server may take to answer a receipt ping before the link counts as dead.
+const RECEIPT_WAIT: Duration = Duration::from_secs(20);
+
+async fn run_loop(
+    config: &LinkConfig,
+    stream: &mut Stream,
+    rx: &mut mpsc::Receiver<Out>,
+    inbound: &mpsc::Sender<Stanza>,
+    acks: &mut Vec<Ack>,
+    receipts: &mut Receipts,
+) -> Ended {
     loop {
+        let receipt_deadline = receipts.deadline(RECEIPT_WAIT);
         tokio::select! {
+            _ = async {
+                match receipt_deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                return Ended::Lost("the server did not answer a receipt ping".into());
+            }
             item = stream.next() => {
                 match item {
+                    Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(Stanza::Iq(iq)))))
+                        if receipts.answered(&iq) =>
+                    {
+                        if let Some(ping) = receipts.next_ping(&config.jid, &config.ping_to) {
+                            if let Err(e) = stream.send(&XmppStreamElement::Stanza(ping)).await {
+                                return Ended::Lost(e.to_string());
+                            }
+                        }
+                    }
                     Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(s)))) => {
                         if inbound.send(s).await.is_err() {
                             return Ended::Shutdown;
@@ -315,7 +417,8 @@ async fn run(
                     }
                     Some(Err(ReadError::SoftTimeout)) => {
                         // Prosody sends components no keep-alives: ping so a dead peer is noticed.
-                        if let Some(ping) = ping_iq(&config.jid, &config.ping_to) {
+                        let id = format!("ping-{}", crate::sip::core::random_token(8));
+                        if let Some(ping) = ping_iq(&id, &config.jid, &config.ping_to) {
                             if let Err(e) = stream.send(&XmppStreamElement::Stanza(ping)).await {
                                 return Ended::Lost(e.to_string());
                             }
@@ -339,9 +442,6 @@ async fn run(
                         acks.push(ack);
                     }
                     if let Err(e) = stream.feed(&XmppStreamElement::Stanza(out.stanza)).await {
-                        for ack in acks.drain(..) {
-                            let _ = ack.send(Err(LinkDown));
-                        }
                         return Ended::Lost(e.to_string());
                     }
                     n += 1;
@@ -349,26 +449,22 @@ async fn run(
                         next = rx.try_recv().ok();
                     }
                 }
-                match SinkExt::<&XmppStreamElement>::flush(&mut stream).await {
-                    Ok(()) => {
-                        for ack in acks.drain(..) {
-                            let _ = ack.send(Ok(()));
-                        }
-                    }
-                    Err(e) => {
-                        for ack in acks.drain(..) {
-                            let _ = ack.send(Err(LinkDown));
-                        }
+                receipts.unconfirmed.append(acks);
+                if let Some(ping) = receipts.next_ping(&config.jid, &config.ping_to) {
+                    if let Err(e) = stream.feed(&XmppStreamElement::Stanza(ping)).await {
                         return Ended::Lost(e.to_string());
                     }
+                }
+                if let Err(e) = SinkExt::<&XmppStreamElement>::flush(stream).await {
+                    return Ended::Lost(e.to_string());
                 }
             }
         }
     }
 }
 
-fn ping_iq(from: &str, to: &str) -> Option<Stanza> {
-    let iq = Iq::from_get(format!("ping-{}", crate::sip::core::random_token(8)), Ping)
+fn ping_iq(id: &str, from: &str, to: &str) -> Option<Stanza> {
+    let iq = Iq::from_get(id.to_string(), Ping)
         .with_from(Jid::new(from).ok()?)
         .with_to(Jid::new(to).ok()?);
     Some(Stanza::Iq(iq))

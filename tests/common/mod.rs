@@ -231,6 +231,20 @@ Component "{COMPONENT}"
         }
     }
 
+    /// Sends a signal (`STOP`, `CONT`, `KILL`) to Prosody; after `KILL` it is gone.
+    pub fn signal(&mut self, sig: &str) {
+        if let Some(p) = &mut self.proc {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(p.child.id().to_string())
+                .status();
+            if sig == "KILL" {
+                let _ = p.child.wait();
+                self.proc = None;
+            }
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("prosody.log")).unwrap_or_default()
     }
