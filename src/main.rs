@@ -17,6 +17,26 @@ struct Args {
     check_config: bool,
 }
 
+/// glibc keeps the pages of freed chunks inside its heap: transactions held for timer J
+/// (32 s) interleave with short-lived message buffers, and the holes between them made RSS
+/// grow by ~75 % over a 10-minute soak while the bytes in use stayed flat. `malloc_trim`
+/// hands those pages back (README, Benchmark).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn start_heap_trimmer() {
+    let _ = std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .spawn(|| loop {
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            // SAFETY: malloc_trim takes no pointers; glibc locks its arenas itself.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        });
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn start_heap_trimmer() {}
+
 /// sysexits.h EX_CONFIG.
 const EX_CONFIG: u8 = 78;
 
@@ -58,6 +78,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    start_heap_trimmer();
     let result = runtime.block_on(stox::gateway::run(config, shutdown_signal()));
     match result {
         Ok(()) => ExitCode::SUCCESS,

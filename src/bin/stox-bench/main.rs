@@ -8,6 +8,7 @@
 //! See README.md, "Benchmark".
 
 mod procs;
+mod restart;
 mod sip;
 mod xmpp;
 
@@ -56,6 +57,12 @@ struct Args {
     /// Keep the temp dir (configs, logs, SIPp files).
     #[arg(long)]
     keep: bool,
+    /// Seconds of the Prosody restart run (SIP -> XMPP at --restart-rate, Prosody killed a
+    /// third of the way in and started 2 s later); 0 skips it.
+    #[arg(long, default_value_t = 15)]
+    restart_secs: u64,
+    #[arg(long, default_value_t = 1000)]
+    restart_rate: u64,
     /// Only this direction's message runs (for profiling one path).
     #[arg(long, value_enum, default_value_t = Only::Both)]
     only: Only,
@@ -263,6 +270,37 @@ fn run(args: &Args, dir: &Path, stox_bin: &Path) -> anyhow::Result<()> {
         presence_memory(&mut env, dir, stox_bin, args.subs, users)?
     };
 
+    // Prosody killed and started again under load, stox then Kamailio.
+    let mut restarts = Vec::new();
+    if args.restart_secs > 0 {
+        let (s, _) = start_stox(&env, dir, stox_bin, "stox-restart")?;
+        restarts.push(restart_run(
+            &mut env,
+            dir,
+            "stox",
+            s.1,
+            args.restart_rate,
+            args.restart_secs,
+        )?);
+        drop(s);
+        if kam_rows.iter().any(Option::is_some) {
+            match start_kamailio(&env, dir, args.kamailio_xmpp_module.as_deref()) {
+                Ok((k, port)) => {
+                    restarts.push(restart_run(
+                        &mut env,
+                        dir,
+                        "Kamailio",
+                        port,
+                        args.restart_rate,
+                        args.restart_secs,
+                    )?);
+                    drop(k);
+                }
+                Err(e) => restarts.push(format!("Kamailio: not run: {e}")),
+            }
+        }
+    }
+
     // The table.
     writeln!(out, "| direction | offered/s | stox delivered/s | loss % | p50 / p99 / max ms | CPU s/1k | peak RSS MB | Kamailio delivered/s | loss % | p50 / p99 / max ms | CPU s/1k | RSS MB | CPU Kamailio/stox |")?;
     writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
@@ -327,6 +365,16 @@ fn run(args: &Args, dir: &Path, stox_bin: &Path) -> anyhow::Result<()> {
     )?;
     writeln!(out, "RSS soak: {soak}")?;
     writeln!(out, "presence: {subs}")?;
+    if !restarts.is_empty() {
+        writeln!(
+            out,
+            "\nProsody killed (SIGKILL) and restarted 2 s later during {} s of SIP -> XMPP at {}/s:",
+            args.restart_secs, args.restart_rate
+        )?;
+        for r in &restarts {
+            writeln!(out, "- {r}")?;
+        }
+    }
     println!("{out}");
     std::fs::write(dir.join("results.md"), &out)?;
     drop(env.prosody);
@@ -359,7 +407,7 @@ pidfile = "{d}/prosody.pid"
 data_path = "{d}/data"
 plugin_paths = {{}}
 log = {{ {{ levels = {{ min = "info" }}, to = "file", filename = "{d}/prosody.log" }} }}
-modules_enabled = {{ "roster", "saslauth", "disco", "ping", "presence" }}
+modules_enabled = {{ "roster", "saslauth", "disco", "ping", "presence", "offline" }}
 modules_disabled = {{ "s2s", "tls", "posix" }}
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
@@ -379,26 +427,14 @@ Component "kam.localhost"
 "#
         ),
     )?;
-    for u in ["sink", "flood"] {
+    for u in ["sink", "flood", "rsink"] {
         account(dir, u)?;
     }
     for i in 0..users {
         account(dir, &format!("u{i}"))?;
         account(dir, &format!("x{i}"))?;
     }
-    let log = std::fs::File::create(pdir.join("prosody.stdout"))?;
-    let prosody = Proc::spawn(
-        "prosody",
-        Command::new("prosody")
-            .arg("-F")
-            .arg("--config")
-            .arg(pdir.join("prosody.cfg.lua"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log),
-        false,
-    )?;
-    procs::wait_for_port(c2s, Duration::from_secs(15), "prosody")?;
+    let prosody = spawn_prosody(&pdir, c2s)?;
     let sink = sip::Sink::spawn(free_port())?;
     let xsink = xmpp::count(xmpp::login(c2s, "sink", "pw")?);
     let flood = xmpp::login(c2s, "flood", "pw")?;
@@ -413,6 +449,26 @@ Component "kam.localhost"
         flood,
         flood_errors,
     })
+}
+
+fn spawn_prosody(pdir: &Path, c2s: u16) -> anyhow::Result<Proc> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(pdir.join("prosody.stdout"))?;
+    let prosody = Proc::spawn(
+        "prosody",
+        Command::new("prosody")
+            .arg("-F")
+            .arg("--config")
+            .arg(pdir.join("prosody.cfg.lua"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log),
+        false,
+    )?;
+    procs::wait_for_port(c2s, Duration::from_secs(15), "prosody")?;
+    Ok(prosody)
 }
 
 /// Starts stox on a fresh config; returns it, its SIP port and the ms from spawn to
@@ -481,6 +537,10 @@ fn start_kamailio(env: &Env, dir: &Path, module: Option<&Path>) -> anyhow::Resul
     let module = module
         .map(|m| m.display().to_string())
         .unwrap_or_else(|| "xmpp.so".into());
+    let before = std::fs::read_to_string(env.dir.join("prosody/prosody.log"))
+        .unwrap_or_default()
+        .matches("kam.localhost:component\tinfo\tExternal component successfully authenticated")
+        .count();
     let kdir = dir.join("kamailio");
     std::fs::create_dir_all(kdir.join("run"))?;
     let port = free_port();
@@ -538,12 +598,9 @@ request_route {{
         true,
     )?;
     let plog = env.dir.join("prosody/prosody.log");
-    let ok = wait_file(
-        &plog,
-        "kam.localhost:component\tinfo\tExternal component successfully authenticated",
-        1,
-        Duration::from_secs(5),
-    );
+    const AUTHENTICATED: &str =
+        "kam.localhost:component\tinfo\tExternal component successfully authenticated";
+    let ok = wait_file(&plog, AUTHENTICATED, before + 1, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(500));
     let klog = std::fs::read_to_string(&log).unwrap_or_default();
     if !ok || !k.alive() || klog.contains("exited by a signal") {
@@ -593,7 +650,7 @@ fn drain(want: u64, count: impl Fn() -> u64) -> u64 {
     count()
 }
 
-fn sipp_scenario(dir: &Path) -> anyhow::Result<PathBuf> {
+fn sipp_scenario(dir: &Path, user: &str) -> anyhow::Result<PathBuf> {
     let file = dir.join("message.xml");
     std::fs::write(
         &file,
@@ -601,11 +658,11 @@ fn sipp_scenario(dir: &Path) -> anyhow::Result<PathBuf> {
 <scenario name="bench-message">
   <send retrans="500" start_rtd="1">
     <![CDATA[
-MESSAGE sip:sink@localhost SIP/2.0
+MESSAGE sip:USER@localhost SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
 Max-Forwards: 70
 From: <sip:romeo@sip.test>;tag=[pid]SIPpTag00[call_number]
-To: <sip:sink@localhost>
+To: <sip:USER@localhost>
 Call-ID: [call_id]
 CSeq: 1 MESSAGE
 Content-Type: text/plain;charset=UTF-8
@@ -616,7 +673,8 @@ bench n=[call_number]
   </send>
   <recv response="200" rtd="1" />
 </scenario>
-"#,
+"#
+        .replace("USER", user),
     )?;
     Ok(file)
 }
@@ -630,7 +688,19 @@ fn run_sipp(
     count: u64,
     secs: u64,
 ) -> anyhow::Result<(f64, PathBuf)> {
-    let scenario = sipp_scenario(dir)?;
+    run_sipp_to(dir, port, rate, count, secs, "sink", &[])
+}
+
+fn run_sipp_to(
+    dir: &Path,
+    port: u16,
+    rate: u64,
+    count: u64,
+    secs: u64,
+    user: &str,
+    extra: &[&str],
+) -> anyhow::Result<(f64, PathBuf)> {
+    let scenario = sipp_scenario(dir, user)?;
     let mut p = Proc::spawn(
         "sipp",
         Command::new("sipp")
@@ -654,6 +724,7 @@ fn run_sipp(
             ])
             .args(["-l", "100000", "-recv_timeout", "10000"])
             .args(["-trace_rtt", "-rtt_freq", "1000", "-trace_err", "-nostdin"])
+            .args(extra)
             .args(["-timeout", &format!("{}s", secs + 30)])
             .arg(format!("127.0.0.1:{port}"))
             .stdin(Stdio::null())
@@ -907,6 +978,48 @@ fn soak(
         (end as f64 - warm as f64) / warm as f64 * 100.0,
         peak as f64 / 1024.0
     ))
+}
+
+/// SIP -> XMPP at `rate` for `secs` while Prosody is killed (SIGKILL) a third of the way in
+/// and started again 2 s later; then the sink and the flooder log in again.
+fn restart_run(
+    env: &mut Env,
+    dir: &Path,
+    gw: &str,
+    port: u16,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<String> {
+    let rdir = dir.join(format!("{gw}-restart"));
+    std::fs::create_dir_all(&rdir)?;
+    let collector = restart::Collector::start(env.c2s, "rsink");
+    std::thread::sleep(Duration::from_secs(1));
+    let count = rate * secs;
+    let sdir = rdir.clone();
+    let sipp = std::thread::spawn(move || {
+        run_sipp_to(&sdir, port, rate, count, secs, "rsink", &["-trace_msg"])
+    });
+    std::thread::sleep(Duration::from_secs(secs / 3));
+    let _ = env.prosody.child.kill();
+    let _ = env.prosody.child.wait();
+    std::thread::sleep(Duration::from_secs(2));
+    env.prosody = spawn_prosody(&env.dir.join("prosody"), env.c2s)?;
+    let _ = sipp.join();
+    let log = std::fs::read_dir(&rdir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("_messages.log"))
+        .context("SIPp wrote no message log")?;
+    let (ok, refused) = restart::sipp_answers(&log);
+    drain(ok.len() as u64, || collector.count());
+    let delivered = collector.finish();
+    let out = restart::outcome(count, &ok, &refused, &delivered);
+    eprintln!("{gw} Prosody restart: {out}");
+    // The sink and the flooder lost their sessions with Prosody.
+    env.xsink = xmpp::count(xmpp::login(env.c2s, "sink", "pw")?);
+    env.flood = xmpp::login(env.c2s, "flood", "pw")?;
+    env.flood_errors = xmpp::count(env.flood.try_clone()?);
+    Ok(format!("{gw}: {out}"))
 }
 
 /// RSS of a fresh stox with `subs` idle subscriptions: half SIP watchers of XMPP users,
