@@ -604,6 +604,10 @@ impl Locator {
     /// Every target for `dest`, in the order to try them (RFC 3263 section 4.3). Takes at
     /// most a few seconds, whatever the name servers do.
     pub async fn locate(&self, dest: &Destination) -> Result<Vec<Target>, LocateError> {
+        // An IP literal (a static route, a Contact) asks no DNS: no timer, no RNG.
+        if ip_literal(&dest.host).is_some() {
+            return resolve(&self.dns, dest, &self.supported, &mut |_| 0).await;
+        }
         let mut random = rand::rngs::StdRng::from_rng(&mut rand::rng());
         let mut rng = move |max: u32| random.random_range(0..=max);
         let work = resolve(&self.dns, dest, &self.supported, &mut rng);
