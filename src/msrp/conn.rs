@@ -20,11 +20,13 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -45,6 +47,8 @@ const EVENT_BACKLOG: usize = 64;
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take, either way.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most read from the socket at once (into a buffer on the stack).
+const READ_CHUNK: usize = 16 * 1024;
 
 /// What an MSRP connection can run on: a `TcpStream` or a tokio-rustls stream.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -219,7 +223,6 @@ async fn drive<S: Stream>(
     events: mpsc::Sender<Event>,
 ) -> Result<(), io::Error> {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut buf = vec![0u8; 16 * 1024];
     let mut out = BytesMut::new();
     let mut backlog: VecDeque<Event> = VecDeque::new();
     let mut closing = false;
@@ -245,11 +248,8 @@ async fn drive<S: Stream>(
         }
         let deadline = session.poll_timeout().map(Instant::from_std);
         tokio::select! {
-            r = rd.read(&mut buf), if !eof && !broken && backlog.len() < EVENT_BACKLOG => {
-                match r? {
-                    0 => eof = true,
-                    n => session.handle_data(now(), &buf[..n]),
-                }
+            r = read_into(&mut rd, &mut session), if !eof && !broken && backlog.len() < EVENT_BACKLOG => {
+                eof = r? == 0;
             }
             r = wr.write(&out), if !out.is_empty() => {
                 let n = r?;
@@ -300,6 +300,26 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// Reads what `rd` has and hands it to `session`; the byte count, 0 at end of stream.
+/// The buffer lives on the stack for one poll only (`poll_read` keeps no hold on it), so
+/// an idle connection holds no read buffer: a 16 KiB one per connection was most of the
+/// memory of an open chat session.
+fn read_into<'a, R: AsyncRead + Unpin>(
+    rd: &'a mut R,
+    session: &'a mut Session,
+) -> impl std::future::Future<Output = io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut space = [0u8; READ_CHUNK];
+        let mut rb = ReadBuf::new(&mut space);
+        ready!(Pin::new(&mut *rd).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        if n > 0 {
+            session.handle_data(now(), rb.filled());
+        }
+        Poll::Ready(Ok(n))
+    })
 }
 
 struct Expected {
@@ -437,16 +457,17 @@ async fn accept_loop(
 /// Reads up to the first request and hands the connection to the session it names.
 async fn route<S: Stream>(mut stream: S, registry: Arc<Mutex<Registry>>) -> Result<(), ConnError> {
     let mut decoder = Decoder::new(Limits::default());
+    // Read straight into what is handed on: a first request is usually well under 2 KiB.
     let mut seen = BytesMut::new();
-    let mut buf = vec![0u8; 16 * 1024];
     let first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, async {
         loop {
-            let n = stream.read(&mut buf).await?;
+            let at = seen.len();
+            seen.reserve(2048);
+            let n = stream.read_buf(&mut seen).await?;
             if n == 0 {
                 return Err(ConnError::Closed);
             }
-            seen.extend_from_slice(&buf[..n]);
-            decoder.push(&buf[..n]);
+            decoder.push(&seen[at..]);
             match decoder.decode() {
                 Ok(Some(d)) => return Ok(d),
                 Ok(None) => continue,
