@@ -73,10 +73,11 @@ pub enum ConnError {
     HandshakeTimeout,
 }
 
+/// Boxed payloads: the channel allocates 32 slots of this when a connection starts.
 enum Command {
-    Send(Outgoing, oneshot::Sender<Result<MessageId, SendError>>),
+    Send(Box<Outgoing>, oneshot::Sender<Result<MessageId, SendError>>),
     Abort(MessageId),
-    Answer(MessageId, u16, String),
+    Answer(Box<(MessageId, u16, String)>),
     Close,
 }
 
@@ -93,7 +94,7 @@ impl Answerer {
     pub async fn answer(&self, id: MessageId, code: u16, comment: &str) {
         let _ = self
             .commands
-            .send(Command::Answer(id, code, comment.to_string()))
+            .send(Command::Answer(Box::new((id, code, comment.to_string()))))
             .await;
     }
 }
@@ -109,7 +110,7 @@ impl SessionHandle {
     pub async fn send(&self, msg: Outgoing) -> Result<MessageId, ConnError> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Send(msg, tx))
+            .send(Command::Send(Box::new(msg), tx))
             .await
             .map_err(|_| ConnError::Closed)?;
         Ok(rx.await.map_err(|_| ConnError::Closed)??)
@@ -267,13 +268,14 @@ async fn drive<S: Stream>(
             // Read while closing too: answers to held messages still come.
             cmd = commands.recv(), if !commands_done => match cmd {
                 Some(Command::Send(m, reply)) => {
-                    let r = if closing { Err(SendError::Closed) } else { session.send(m) };
+                    let r = if closing { Err(SendError::Closed) } else { session.send(*m) };
                     let _ = reply.send(r);
                 }
                 Some(Command::Abort(id)) => {
                     session.abort(&id);
                 }
-                Some(Command::Answer(id, code, comment)) => {
+                Some(Command::Answer(a)) => {
+                    let (id, code, comment) = *a;
                     session.answer(&id, code, &comment);
                 }
                 Some(Command::Close) => closing = true,
