@@ -1039,6 +1039,7 @@ fn chat_memory(
     std::thread::sleep(Duration::from_secs(1));
     let base = status_kb(stox.pid(), "VmRSS");
     let target: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let t_open = Instant::now();
     let opened = chat::open(
         target,
         chats,
@@ -1058,6 +1059,11 @@ fn chat_memory(
     let fds = std::fs::read_dir(format!("/proc/{}/fd", stox.pid()))
         .map(|d| d.count())
         .unwrap_or(0);
+    // Again once the INVITE server transactions have ended (Timer L, 64*T1 = 32 s after
+    // the 200, RFC 6026): what the idle sessions themselves hold.
+    let since_last = (t_open.elapsed().as_secs_f64() - opened.secs).max(0.0);
+    std::thread::sleep(Duration::from_secs(35).saturating_sub(Duration::from_secs_f64(since_last)));
+    let rss_idle = status_kb(stox.pid(), "VmRSS");
     let errors: u64 = counters
         .iter()
         .map(|c| c.errors.load(Ordering::SeqCst))
@@ -1079,6 +1085,7 @@ fn chat_memory(
     );
     Ok(format!(
         "{open} open chat sessions: RSS {:.1} MB (from {:.1} MB at start; {:.0} bytes per session), peak {:.1} MB; \
+         {:.1} MB ({:.0} bytes per session) 35 s after the last INVITE; \
          {} INVITEs to {users} XMPP users in {:.0} s, {} answered 200, refused {refused:?}, \
          {} SENDs answered 200 ({} not: {why:?}), {delivered} messages delivered at the XMPP users, \
          {errors} error stanzas, {} BYEs; stox held {fds} file descriptors",
@@ -1086,6 +1093,8 @@ fn chat_memory(
         base as f64 / 1024.0,
         (rss.saturating_sub(base) * 1024) as f64 / open.max(1) as f64,
         hwm as f64 / 1024.0,
+        rss_idle as f64 / 1024.0,
+        (rss_idle.saturating_sub(base) * 1024) as f64 / open.max(1) as f64,
         opened.invited,
         opened.secs,
         opened.answered,
