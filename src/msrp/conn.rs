@@ -233,6 +233,8 @@ async fn drive<S: Stream>(
     if !initial.is_empty() {
         session.handle_data(now(), &initial);
     }
+    // Not kept for the life of the connection (an argument lives as long as the task).
+    drop(initial);
     loop {
         while out.len() < HIGH_WATER {
             match session.poll_transmit(now()) {
