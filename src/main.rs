@@ -61,6 +61,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Every MSRP chat session and SIP TCP/TLS connection is a descriptor: the soft limit
+    // (1024 under many init systems) would cap chat sessions far below chat.max_sessions
+    // while the hard limit allows them.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "Open file limit."),
+        Err(e) => tracing::warn!(error = %e, "Cannot raise the open file limit."),
+    }
     // One worker: the current-thread scheduler, which wakes tasks without the cross-thread
     // queues and atomics the multi-thread one needs.
     let mut builder = match config.runtime.worker_threads {

@@ -20,11 +20,13 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -45,6 +47,8 @@ const EVENT_BACKLOG: usize = 64;
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take, either way.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most read from the socket at once (into a buffer on the stack).
+const READ_CHUNK: usize = 16 * 1024;
 
 /// What an MSRP connection can run on: a `TcpStream` or a tokio-rustls stream.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -69,10 +73,11 @@ pub enum ConnError {
     HandshakeTimeout,
 }
 
+/// Boxed payloads: the channel allocates 32 slots of this when a connection starts.
 enum Command {
-    Send(Outgoing, oneshot::Sender<Result<MessageId, SendError>>),
+    Send(Box<Outgoing>, oneshot::Sender<Result<MessageId, SendError>>),
     Abort(MessageId),
-    Answer(MessageId, u16, String),
+    Answer(Box<(MessageId, u16, String)>),
     Close,
 }
 
@@ -89,7 +94,7 @@ impl Answerer {
     pub async fn answer(&self, id: MessageId, code: u16, comment: &str) {
         let _ = self
             .commands
-            .send(Command::Answer(id, code, comment.to_string()))
+            .send(Command::Answer(Box::new((id, code, comment.to_string()))))
             .await;
     }
 }
@@ -105,7 +110,7 @@ impl SessionHandle {
     pub async fn send(&self, msg: Outgoing) -> Result<MessageId, ConnError> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Send(msg, tx))
+            .send(Command::Send(Box::new(msg), tx))
             .await
             .map_err(|_| ConnError::Closed)?;
         Ok(rx.await.map_err(|_| ConnError::Closed)??)
@@ -219,7 +224,6 @@ async fn drive<S: Stream>(
     events: mpsc::Sender<Event>,
 ) -> Result<(), io::Error> {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut buf = vec![0u8; 16 * 1024];
     let mut out = BytesMut::new();
     let mut backlog: VecDeque<Event> = VecDeque::new();
     let mut closing = false;
@@ -229,6 +233,8 @@ async fn drive<S: Stream>(
     if !initial.is_empty() {
         session.handle_data(now(), &initial);
     }
+    // Not kept for the life of the connection (an argument lives as long as the task).
+    drop(initial);
     loop {
         while out.len() < HIGH_WATER {
             match session.poll_transmit(now()) {
@@ -245,11 +251,8 @@ async fn drive<S: Stream>(
         }
         let deadline = session.poll_timeout().map(Instant::from_std);
         tokio::select! {
-            r = rd.read(&mut buf), if !eof && !broken && backlog.len() < EVENT_BACKLOG => {
-                match r? {
-                    0 => eof = true,
-                    n => session.handle_data(now(), &buf[..n]),
-                }
+            r = read_into(&mut rd, &mut session), if !eof && !broken && backlog.len() < EVENT_BACKLOG => {
+                eof = r? == 0;
             }
             r = wr.write(&out), if !out.is_empty() => {
                 let n = r?;
@@ -267,13 +270,14 @@ async fn drive<S: Stream>(
             // Read while closing too: answers to held messages still come.
             cmd = commands.recv(), if !commands_done => match cmd {
                 Some(Command::Send(m, reply)) => {
-                    let r = if closing { Err(SendError::Closed) } else { session.send(m) };
+                    let r = if closing { Err(SendError::Closed) } else { session.send(*m) };
                     let _ = reply.send(r);
                 }
                 Some(Command::Abort(id)) => {
                     session.abort(&id);
                 }
-                Some(Command::Answer(id, code, comment)) => {
+                Some(Command::Answer(a)) => {
+                    let (id, code, comment) = *a;
                     session.answer(&id, code, &comment);
                 }
                 Some(Command::Close) => closing = true,
@@ -300,6 +304,26 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// Reads what `rd` has and hands it to `session`; the byte count, 0 at end of stream.
+/// The buffer lives on the stack for one poll only (`poll_read` keeps no hold on it), so
+/// an idle connection holds no read buffer: a 16 KiB one per connection was most of the
+/// memory of an open chat session.
+fn read_into<'a, R: AsyncRead + Unpin>(
+    rd: &'a mut R,
+    session: &'a mut Session,
+) -> impl std::future::Future<Output = io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut space = [0u8; READ_CHUNK];
+        let mut rb = ReadBuf::new(&mut space);
+        ready!(Pin::new(&mut *rd).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        if n > 0 {
+            session.handle_data(now(), rb.filled());
+        }
+        Poll::Ready(Ok(n))
+    })
 }
 
 struct Expected {
@@ -437,16 +461,17 @@ async fn accept_loop(
 /// Reads up to the first request and hands the connection to the session it names.
 async fn route<S: Stream>(mut stream: S, registry: Arc<Mutex<Registry>>) -> Result<(), ConnError> {
     let mut decoder = Decoder::new(Limits::default());
+    // Read straight into what is handed on: a first request is usually well under 2 KiB.
     let mut seen = BytesMut::new();
-    let mut buf = vec![0u8; 16 * 1024];
     let first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, async {
         loop {
-            let n = stream.read(&mut buf).await?;
+            let at = seen.len();
+            seen.reserve(2048);
+            let n = stream.read_buf(&mut seen).await?;
             if n == 0 {
                 return Err(ConnError::Closed);
             }
-            seen.extend_from_slice(&buf[..n]);
-            decoder.push(&buf[..n]);
+            decoder.push(&seen[at..]);
             match decoder.decode() {
                 Ok(Some(d)) => return Ok(d),
                 Ok(None) => continue,

@@ -7,6 +7,7 @@
 //! sink on the XMPP side. Every load is bounded in count and time and goes to 127.0.0.1.
 //! See README.md, "Benchmark".
 
+mod chat;
 mod procs;
 mod restart;
 mod sip;
@@ -27,6 +28,9 @@ const SECRET: &str = "bench-secret";
 /// XMPP contacts per user in the presence figures (Prosody rewrites a user's whole roster
 /// on every change, so subscriptions are spread over many users).
 const PER_USER: u64 = 50;
+/// Chat sessions per XMPP user in the chat-session figure (`chat.max_sessions_per_user` is
+/// set to it).
+const CHATS_PER_USER: u64 = 50;
 
 #[derive(Parser)]
 #[command(about = "stox and Kamailio's xmpp module side by side, on loopback")]
@@ -43,6 +47,9 @@ struct Args {
     /// Idle presence subscriptions for the memory figure (half each direction).
     #[arg(long, default_value_t = 10000)]
     subs: u64,
+    /// Open, idle MSRP chat sessions (SIP -> XMPP) for the memory figure; 0 skips it.
+    #[arg(long, default_value_t = 10000)]
+    chats: u64,
     /// Seconds of the RSS soak (both directions at --soak-rate); the issue asks for 600.
     #[arg(long, default_value_t = 60)]
     soak: u64,
@@ -73,6 +80,8 @@ enum Only {
     Both,
     SipToXmpp,
     XmppToSip,
+    /// No message runs: only the startup, soak and memory figures.
+    None,
 }
 
 struct Env {
@@ -110,9 +119,13 @@ fn main() -> anyhow::Result<()> {
         args.rates = vec![1000, 5000];
         args.duration = 3;
         args.subs = args.subs.min(2000);
+        args.chats = args.chats.min(1000);
         args.soak = args.soak.min(10);
     }
     now_ns();
+    // Each chat session is a socket here and one in stox.
+    let nofile = rlimit::increase_nofile_limit(u64::MAX)?;
+    eprintln!("open file limit: {nofile}");
     need("prosody", "prosody")?;
     need("sipp", "sip-tester")?;
     let stox_bin = std::env::current_exe()?
@@ -138,7 +151,8 @@ fn main() -> anyhow::Result<()> {
 
 fn run(args: &Args, dir: &Path, stox_bin: &Path) -> anyhow::Result<()> {
     let users = (args.subs / 2).div_ceil(PER_USER).max(1);
-    let mut env = start_env(dir, users)?;
+    let chat_users = args.chats.div_ceil(CHATS_PER_USER);
+    let mut env = start_env(dir, users, chat_users)?;
     let mut out = String::new();
     let host = format!(
         "{}, {} cores",
@@ -171,7 +185,7 @@ fn run(args: &Args, dir: &Path, stox_bin: &Path) -> anyhow::Result<()> {
     let mut stox = None;
     for i in 0..3 {
         drop(stox.take());
-        let (s, ms) = start_stox(&env, dir, stox_bin, &format!("stox{i}"))?;
+        let (s, ms) = start_stox(&env, dir, stox_bin, &format!("stox{i}"), "")?;
         startups.push(ms);
         stox = Some(s);
     }
@@ -183,12 +197,12 @@ fn run(args: &Args, dir: &Path, stox_bin: &Path) -> anyhow::Result<()> {
     let stox_port = stox.1;
     let stox_cpu = Cpu::Pid(stox.0.pid());
     let mut stox_rows = Vec::new();
-    let sip_rates: &[u64] = if args.only == Only::XmppToSip {
+    let sip_rates: &[u64] = if matches!(args.only, Only::XmppToSip | Only::None) {
         &[]
     } else {
         &args.rates
     };
-    let xmpp_rates: &[u64] = if args.only == Only::SipToXmpp {
+    let xmpp_rates: &[u64] = if matches!(args.only, Only::SipToXmpp | Only::None) {
         &[]
     } else {
         &args.rates
@@ -218,7 +232,7 @@ fn run(args: &Args, dir: &Path, stox_bin: &Path) -> anyhow::Result<()> {
     let soak = if args.soak == 0 {
         "not run (--soak 0)".to_string()
     } else {
-        let (fresh, _) = start_stox(&env, dir, stox_bin, "stox-soak")?;
+        let (fresh, _) = start_stox(&env, dir, stox_bin, "stox-soak", "")?;
         let soak = soak(
             &mut env,
             dir,
@@ -270,10 +284,17 @@ fn run(args: &Args, dir: &Path, stox_bin: &Path) -> anyhow::Result<()> {
         presence_memory(&mut env, dir, stox_bin, args.subs, users)?
     };
 
+    // Chat-session memory, on a fresh stox.
+    let chats = if args.chats == 0 {
+        "not run (--chats 0)".to_string()
+    } else {
+        chat_memory(&mut env, dir, stox_bin, args.chats, chat_users)?
+    };
+
     // Prosody killed and started again under load, stox then Kamailio.
     let mut restarts = Vec::new();
     if args.restart_secs > 0 {
-        let (s, _) = start_stox(&env, dir, stox_bin, "stox-restart")?;
+        let (s, _) = start_stox(&env, dir, stox_bin, "stox-restart", "")?;
         restarts.push(restart_run(
             &mut env,
             dir,
@@ -365,6 +386,7 @@ fn run(args: &Args, dir: &Path, stox_bin: &Path) -> anyhow::Result<()> {
     )?;
     writeln!(out, "RSS soak: {soak}")?;
     writeln!(out, "presence: {subs}")?;
+    writeln!(out, "chat sessions: {chats}")?;
     if !restarts.is_empty() {
         writeln!(
             out,
@@ -391,7 +413,7 @@ fn account(dir: &Path, user: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_env(dir: &Path, users: u64) -> anyhow::Result<Env> {
+fn start_env(dir: &Path, users: u64, chat_users: u64) -> anyhow::Result<Env> {
     let pdir = dir.join("prosody");
     std::fs::create_dir_all(pdir.join("data"))?;
     let c2s = free_port();
@@ -434,6 +456,9 @@ Component "kam.localhost"
         account(dir, &format!("u{i}"))?;
         account(dir, &format!("x{i}"))?;
     }
+    for i in 0..chat_users {
+        account(dir, &format!("c{i}"))?;
+    }
     let prosody = spawn_prosody(&pdir, c2s)?;
     let sink = sip::Sink::spawn(free_port())?;
     let xsink = xmpp::count(xmpp::login(c2s, "sink", "pw")?);
@@ -471,9 +496,15 @@ fn spawn_prosody(pdir: &Path, c2s: u16) -> anyhow::Result<Proc> {
     Ok(prosody)
 }
 
-/// Starts stox on a fresh config; returns it, its SIP port and the ms from spawn to
-/// "Component online." in its log.
-fn start_stox(env: &Env, dir: &Path, bin: &Path, name: &str) -> anyhow::Result<((Proc, u16), f64)> {
+/// Starts stox on a fresh config (`extra`: more TOML after it); returns it, its SIP port and
+/// the ms from spawn to "Component online." in its log.
+fn start_stox(
+    env: &Env,
+    dir: &Path,
+    bin: &Path,
+    name: &str,
+    extra: &str,
+) -> anyhow::Result<((Proc, u16), f64)> {
     let sdir = dir.join(name);
     std::fs::create_dir_all(&sdir)?;
     let port = free_port();
@@ -501,7 +532,7 @@ listen = ["udp:127.0.0.1:{port}"]
 
 [sip.routes]
 "sip.test" = "sip:127.0.0.1:{sink};transport=udp"
-"#,
+{extra}"#,
             db = sdir.join("stox.db").display(),
             component = env.component,
             sink = env.sink.port,
@@ -1031,7 +1062,7 @@ fn presence_memory(
     subs: u64,
     users: u64,
 ) -> anyhow::Result<String> {
-    let ((stox, port), _) = start_stox(env, dir, bin, "stox-presence")?;
+    let ((stox, port), _) = start_stox(env, dir, bin, "stox-presence", "")?;
     std::thread::sleep(Duration::from_secs(1));
     let base = status_kb(stox.pid(), "VmRSS");
     let half = subs / 2;
@@ -1089,5 +1120,99 @@ fn presence_memory(
         base as f64 / 1024.0,
         (rss.saturating_sub(base) * 1024) as f64 / total.max(1) as f64,
         hwm as f64 / 1024.0
+    ))
+}
+
+/// RSS of a fresh stox holding `chats` open, idle MSRP chat sessions from SIP users to
+/// `users` XMPP users (logged in, each message counted where it arrives).
+fn chat_memory(
+    env: &mut Env,
+    dir: &Path,
+    bin: &Path,
+    chats: u64,
+    users: u64,
+) -> anyhow::Result<String> {
+    let (soft, _) = rlimit::Resource::NOFILE.get()?;
+    anyhow::ensure!(
+        chats + 1000 <= soft,
+        "{chats} chat sessions need as many sockets here and in stox: the open file limit is {soft}"
+    );
+    let msrp = free_port();
+    // The sessions must outlive the measurement: an idle timeout far beyond it.
+    let extra = format!(
+        "\n[msrp]\nlisten = \"127.0.0.1:{msrp}\"\n\n[chat]\nmax_sessions = {}\n\
+         max_sessions_per_user = {CHATS_PER_USER}\nidle_timeout_ms = 3600000\n",
+        chats + 100
+    );
+    let ((stox, port), _) = start_stox(env, dir, bin, "stox-chats", &extra)?;
+    let mut counters = Vec::new();
+    for u in 0..users {
+        counters.push(xmpp::count(xmpp::login(env.c2s, &format!("c{u}"), "pw")?));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let base = status_kb(stox.pid(), "VmRSS");
+    let target: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let t_open = Instant::now();
+    let opened = chat::open(
+        target,
+        chats,
+        users,
+        1000,
+        Duration::from_secs(chats / 200 + 60),
+    )?;
+    let delivered = drain(opened.sends_ok, || {
+        counters
+            .iter()
+            .map(|c| c.messages.load(Ordering::SeqCst))
+            .sum()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let rss = status_kb(stox.pid(), "VmRSS");
+    let hwm = status_kb(stox.pid(), "VmHWM");
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", stox.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    // Again once the INVITE server transactions have ended (Timer L, 64*T1 = 32 s after
+    // the 200, RFC 6026): what the idle sessions themselves hold.
+    let since_last = (t_open.elapsed().as_secs_f64() - opened.secs).max(0.0);
+    std::thread::sleep(Duration::from_secs(35).saturating_sub(Duration::from_secs_f64(since_last)));
+    let rss_idle = status_kb(stox.pid(), "VmRSS");
+    let errors: u64 = counters
+        .iter()
+        .map(|c| c.errors.load(Ordering::SeqCst))
+        .sum();
+    for c in &counters {
+        c.stop();
+    }
+    let open = opened.streams.len() as u64;
+    drop(opened.streams);
+    drop(stox);
+    let mut refused: Vec<_> = opened.refused.into_iter().collect();
+    refused.sort();
+    let mut why: Vec<_> = opened.why_failed.into_iter().collect();
+    why.sort();
+    eprintln!(
+        "chats: {open} open, RSS {:.1} MB from {:.1} MB",
+        rss as f64 / 1024.0,
+        base as f64 / 1024.0
+    );
+    Ok(format!(
+        "{open} open chat sessions: RSS {:.1} MB (from {:.1} MB at start; {:.0} bytes per session), peak {:.1} MB; \
+         {:.1} MB ({:.0} bytes per session) 35 s after the last INVITE; \
+         {} INVITEs to {users} XMPP users in {:.0} s, {} answered 200, refused {refused:?}, \
+         {} SENDs answered 200 ({} not: {why:?}), {delivered} messages delivered at the XMPP users, \
+         {errors} error stanzas, {} BYEs; stox held {fds} file descriptors",
+        rss as f64 / 1024.0,
+        base as f64 / 1024.0,
+        (rss.saturating_sub(base) * 1024) as f64 / open.max(1) as f64,
+        hwm as f64 / 1024.0,
+        rss_idle as f64 / 1024.0,
+        (rss_idle.saturating_sub(base) * 1024) as f64 / open.max(1) as f64,
+        opened.invited,
+        opened.secs,
+        opened.answered,
+        opened.sends_ok,
+        opened.sends_failed,
+        opened.byes,
     ))
 }
