@@ -206,11 +206,12 @@ pub const KIND_IN: &str = "sip-to-xmpp";
 pub struct PresenceCore {
     settings: PresenceSettings,
     addresses: Arc<AddressMap>,
-    outs: HashMap<String, Outbound>,
+    /// Boxed, like `ins`: a map's free slots would each hold a whole record's room.
+    outs: HashMap<String, Box<Outbound>>,
     /// The keys of `outs` by the Call-ID of their SUBSCRIBE, for finding a NOTIFY's
     /// subscription without a walk over all of them.
     outs_by_call_id: HashMap<String, String>,
-    ins: HashMap<String, Inbound>,
+    ins: HashMap<String, Box<Inbound>>,
     /// The keys of `ins` by (user, watcher JID): what a user's approval or presence
     /// concerns, without a walk over every watcher.
     ins_by_pair: HashMap<(String, String), Vec<String>>,
@@ -277,11 +278,11 @@ impl PresenceCore {
     }
 
     pub fn outbound(&self, user: &str, target: &str) -> Option<&Outbound> {
-        self.outs.get(&out_key(user, target))
+        self.outs.get(&out_key(user, target)).map(|o| &**o)
     }
 
     pub fn inbounds(&self) -> impl Iterator<Item = &Inbound> {
-        self.ins.values()
+        self.ins.values().map(|i| &**i)
     }
 
     // ----- restart -----
@@ -305,7 +306,7 @@ impl PresenceCore {
                     if !o.call_id.is_empty() {
                         self.outs_by_call_id.insert(o.call_id.clone(), key.clone());
                     }
-                    self.outs.insert(key, o);
+                    self.outs.insert(key, Box::new(o));
                 }
             }
             KIND_IN => {
@@ -420,7 +421,7 @@ impl PresenceCore {
         if !keys.contains(&key) {
             keys.push(key.clone());
         }
-        self.ins.insert(key, i);
+        self.ins.insert(key, Box::new(i));
     }
 
     /// The watchers' subscriptions of `watcher_jid` to `user`.
@@ -665,7 +666,7 @@ impl PresenceCore {
             remote: RemotePresence::new(),
         };
         self.count(user, 1);
-        self.outs.insert(out_key(user, target), o);
+        self.outs.insert(out_key(user, target), Box::new(o));
         true
     }
 
