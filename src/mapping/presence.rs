@@ -567,7 +567,9 @@ pub fn pidf_to_xmpp(
 /// `unavailable` for it, and nothing again for tuples that did not change.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RemotePresence {
-    last: BTreeMap<Option<String>, ResourceState>,
+    /// Sorted by resource, one each: a Vec, since a BTreeMap's first node holds room for
+    /// eleven and an idle subscription usually has one.
+    last: Vec<ResourceState>,
 }
 
 impl RemotePresence {
@@ -577,7 +579,24 @@ impl RemotePresence {
 
     /// True if any resource was open in the last document.
     pub fn is_available(&self) -> bool {
-        self.last.values().any(|s| s.available)
+        self.last.iter().any(|s| s.available)
+    }
+
+    /// The resources the last document showed, as [`ResourceState::to_xmpp`] presences:
+    /// what the XMPP user was last told is available (for answering probes).
+    pub fn shown(&self, from: &BareJid, to: &Jid) -> Vec<Presence> {
+        self.last
+            .iter()
+            .filter(|s| s.available)
+            .map(|s| s.to_xmpp(from, to))
+            .collect()
+    }
+
+    fn get(&self, resource: &Option<String>) -> Option<&ResourceState> {
+        self.last
+            .binary_search_by(|s| s.resource.cmp(resource))
+            .ok()
+            .map(|i| &self.last[i])
     }
 
     /// Takes the next document and returns what to send, each as
@@ -590,13 +609,13 @@ impl RemotePresence {
         }
         let mut out: Vec<ResourceState> = next
             .values()
-            .filter(|s| self.last.get(&s.resource) != Some(*s))
+            .filter(|s| self.get(&s.resource) != Some(*s))
             .cloned()
             .collect();
-        for (resource, old) in &self.last {
-            if old.available && !next.contains_key(resource) {
+        for old in &self.last {
+            if old.available && !next.contains_key(&old.resource) {
                 out.push(ResourceState {
-                    resource: resource.clone(),
+                    resource: old.resource.clone(),
                     available: false,
                     show: None,
                     statuses: BTreeMap::new(),
@@ -604,7 +623,8 @@ impl RemotePresence {
                 });
             }
         }
-        self.last = next;
+        // In key order, so `get` can search it.
+        self.last = next.into_values().collect();
         out
     }
 }

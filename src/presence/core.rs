@@ -18,7 +18,7 @@
 //! presence becomes NOTIFYs; at expiry the watcher gets terminated;reason=timeout.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use rsipstack::sip::headers::make_header;
@@ -123,11 +123,8 @@ pub struct Outbound {
     pub expires_at: Millis,
     /// The next thing to do for it (refresh, retry).
     pub next_at: Millis,
-    /// The SIP user's presence per resource, for answering probes. Not stored: a NOTIFY
-    /// after the refresh brings it again.
-    #[serde(skip)]
-    pub last: BTreeMap<String, Presence>,
-    /// The contact's tuples from the last NOTIFY: the next one says what changed.
+    /// The contact's tuples from the last NOTIFY: the next one says what changed, and the
+    /// open ones answer probes. Not stored: a NOTIFY after the refresh brings them again.
     #[serde(skip)]
     pub remote: RemotePresence,
 }
@@ -209,8 +206,15 @@ pub const KIND_IN: &str = "sip-to-xmpp";
 pub struct PresenceCore {
     settings: PresenceSettings,
     addresses: Arc<AddressMap>,
-    outs: HashMap<String, Outbound>,
-    ins: HashMap<String, Inbound>,
+    /// Boxed, like `ins`: a map's free slots would each hold a whole record's room.
+    outs: HashMap<String, Box<Outbound>>,
+    /// The keys of `outs` by the Call-ID of their SUBSCRIBE, for finding a NOTIFY's
+    /// subscription without a walk over all of them.
+    outs_by_call_id: HashMap<String, String>,
+    ins: HashMap<String, Box<Inbound>>,
+    /// The keys of `ins` by (user, watcher JID): what a user's approval or presence
+    /// concerns, without a walk over every watcher.
+    ins_by_pair: HashMap<(String, String), Vec<String>>,
     /// The XMPP users' presence per resource, for NOTIFY bodies.
     views: HashMap<String, UserPresence>,
     /// Users probed before a refresh: the deadline and the subscriptions waiting.
@@ -254,7 +258,9 @@ impl PresenceCore {
             settings,
             addresses,
             outs: HashMap::new(),
+            outs_by_call_id: HashMap::new(),
             ins: HashMap::new(),
+            ins_by_pair: HashMap::new(),
             views: HashMap::new(),
             probes: HashMap::new(),
             per_user: HashMap::new(),
@@ -272,11 +278,11 @@ impl PresenceCore {
     }
 
     pub fn outbound(&self, user: &str, target: &str) -> Option<&Outbound> {
-        self.outs.get(&out_key(user, target))
+        self.outs.get(&out_key(user, target)).map(|o| &**o)
     }
 
     pub fn inbounds(&self) -> impl Iterator<Item = &Inbound> {
-        self.ins.values()
+        self.ins.values().map(|i| &**i)
     }
 
     // ----- restart -----
@@ -297,7 +303,10 @@ impl PresenceCore {
                     *seen = (*seen).max(o.seen_at);
                     self.timers
                         .push(Reverse((o.next_at, Timer::Out(key.clone()))));
-                    self.outs.insert(key, o);
+                    if !o.call_id.is_empty() {
+                        self.outs_by_call_id.insert(o.call_id.clone(), key.clone());
+                    }
+                    self.outs.insert(key, Box::new(o));
                 }
             }
             KIND_IN => {
@@ -315,7 +324,7 @@ impl PresenceCore {
                             );
                         }
                     }
-                    self.ins.insert(key, i);
+                    self.insert_in(key, i);
                 }
             }
             _ => {}
@@ -392,13 +401,46 @@ impl PresenceCore {
 
     fn remove_out(&mut self, key: &str) {
         if let Some(o) = self.outs.remove(key) {
+            if self
+                .outs_by_call_id
+                .get(&o.call_id)
+                .is_some_and(|k| k == key)
+            {
+                self.outs_by_call_id.remove(&o.call_id);
+            }
             self.count(&o.user, -1);
             self.actions.push_back(Action::Delete(key.to_string()));
         }
     }
 
+    fn insert_in(&mut self, key: String, i: Inbound) {
+        let keys = self
+            .ins_by_pair
+            .entry((i.user.clone(), i.watcher_jid.clone()))
+            .or_default();
+        if !keys.contains(&key) {
+            keys.push(key.clone());
+        }
+        self.ins.insert(key, Box::new(i));
+    }
+
+    /// The watchers' subscriptions of `watcher_jid` to `user`.
+    fn pair_keys(&self, user: &str, watcher_jid: &str) -> Vec<String> {
+        self.ins_by_pair
+            .get(&(user.to_string(), watcher_jid.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     fn remove_in(&mut self, key: &str) {
         if let Some(i) = self.ins.remove(key) {
+            let pair = (i.user.clone(), i.watcher_jid.clone());
+            if let Some(keys) = self.ins_by_pair.get_mut(&pair) {
+                keys.retain(|k| k != key);
+                if keys.is_empty() {
+                    self.ins_by_pair.remove(&pair);
+                }
+            }
             self.count(&i.user, -1);
             self.actions.push_back(Action::Delete(key.to_string()));
         }
@@ -621,11 +663,10 @@ impl PresenceCore {
             seen_at: now,
             expires_at: 0,
             next_at: 0,
-            last: BTreeMap::new(),
             remote: RemotePresence::new(),
         };
         self.count(user, 1);
-        self.outs.insert(out_key(user, target), o);
+        self.outs.insert(out_key(user, target), Box::new(o));
         true
     }
 
@@ -636,7 +677,16 @@ impl PresenceCore {
         let Some(o) = self.outs.get_mut(key) else {
             return;
         };
-        o.call_id = format!("{}@{}", random_token(20), self.addresses.component());
+        let call_id = format!("{}@{}", random_token(20), self.addresses.component());
+        let old = std::mem::replace(&mut o.call_id, call_id.clone());
+        // NOTIFYs of the old dialog get 481 from now on, as before.
+        if self.outs_by_call_id.get(&old).is_some_and(|k| k == key) {
+            self.outs_by_call_id.remove(&old);
+        }
+        self.outs_by_call_id.insert(call_id, key.to_string());
+        let Some(o) = self.outs.get_mut(key) else {
+            return;
+        };
         o.from_tag = random_token(10);
         o.cseq = 1;
         o.dialog = None;
@@ -737,20 +787,16 @@ impl PresenceCore {
             self.send_new_subscribe(now, &key);
             return;
         };
-        let answers: Vec<Presence> = if o.last.is_empty() {
+        let answers: Vec<Presence> = match (BareJid::new(&o.contact_jid), Jid::new(user)) {
+            (Ok(contact), Ok(to)) => o.remote.shown(&contact, &to),
+            _ => Vec::new(),
+        };
+        let answers = if answers.is_empty() {
             self.contact_says(o, PresenceType::Unavailable)
                 .into_iter()
                 .collect()
         } else {
-            let to = Jid::new(user).ok();
-            o.last
-                .values()
-                .cloned()
-                .map(|mut p| {
-                    p.to = to.clone();
-                    p
-                })
-                .collect()
+            answers
         };
         let state = o.state;
         for p in answers {
@@ -798,12 +844,9 @@ impl PresenceCore {
         let gone = !view.is_available();
         // NOTIFY every active watcher behind this contact JID.
         let keys: Vec<String> = self
-            .ins
-            .iter()
-            .filter(|(_, i)| {
-                i.user == user && i.watcher_jid == contact_jid && i.state == InState::Active
-            })
-            .map(|(k, _)| k.clone())
+            .pair_keys(&user, contact_jid)
+            .into_iter()
+            .filter(|k| self.ins.get(k).is_some_and(|i| i.state == InState::Active))
             .collect();
         if changed {
             for key in keys {
@@ -839,12 +882,7 @@ impl PresenceCore {
     // ----- SIP -> XMPP direction (stox notifies) -----
 
     fn in_authorized(&mut self, now: Millis, user: &str, watcher_jid: &str) {
-        let keys: Vec<String> = self
-            .ins
-            .iter()
-            .filter(|(_, i)| i.user == user && i.watcher_jid == watcher_jid)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys = self.pair_keys(user, watcher_jid);
         for key in keys {
             if let Some(i) = self.ins.get_mut(&key) {
                 if i.state == InState::Pending {
@@ -857,12 +895,7 @@ impl PresenceCore {
     }
 
     fn in_revoked(&mut self, user: &str, watcher_jid: &str) {
-        let keys: Vec<String> = self
-            .ins
-            .iter()
-            .filter(|(_, i)| i.user == user && i.watcher_jid == watcher_jid)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys = self.pair_keys(user, watcher_jid);
         for key in keys {
             self.end_watch(0, &key, Reason::Rejected);
         }
@@ -1071,9 +1104,9 @@ impl PresenceCore {
         // Known already (another dialog for the same pair, or the user approved before):
         // active at once if an approval exists.
         let approved = self
-            .ins
-            .values()
-            .any(|i| i.user == user && i.watcher_jid == watcher_jid && i.state == InState::Active);
+            .pair_keys(&user, &watcher_jid)
+            .iter()
+            .any(|k| self.ins.get(k).is_some_and(|i| i.state == InState::Active));
         let inbound = Inbound {
             user: user.clone(),
             watcher_jid: watcher_jid.clone(),
@@ -1090,7 +1123,7 @@ impl PresenceCore {
             ending: None,
         };
         self.count(&user, 1);
-        self.ins.insert(key.clone(), inbound);
+        self.insert_in(key.clone(), inbound);
         if granted == 0 {
             // A fetch (RFC 6665 4.4.3): one NOTIFY with the state, then it is over.
             self.send_notify(now, &key, None);
@@ -1123,9 +1156,9 @@ impl PresenceCore {
         }
         if let Some(i) = self.ins.get(key) {
             let still = self
-                .ins
+                .pair_keys(&i.user, &i.watcher_jid)
                 .iter()
-                .any(|(k, o)| k != key && o.user == i.user && o.watcher_jid == i.watcher_jid);
+                .any(|k| k != key);
             if !still {
                 if let (Ok(from), Ok(to)) = (Jid::new(&i.watcher_jid), Jid::new(&i.user)) {
                     self.stanza(
@@ -1147,10 +1180,10 @@ impl PresenceCore {
             return answer(req, 481, None);
         };
         let Some(key) = self
-            .outs
-            .iter()
-            .find(|(_, o)| o.call_id == call_id && o.from_tag == to_tag)
-            .map(|(k, _)| k.clone())
+            .outs_by_call_id
+            .get(&call_id)
+            .filter(|k| self.outs.get(*k).is_some_and(|o| o.from_tag == to_tag))
+            .cloned()
         else {
             return answer(req, 481, None);
         };
@@ -1278,17 +1311,12 @@ impl PresenceCore {
         let Ok(contact) = BareJid::new(&o.contact_jid) else {
             return;
         };
-        let mut out = Vec::new();
-        for state in o.remote.update(document) {
-            let p = state.to_xmpp(&contact, &to);
-            let r = state.resource.clone().unwrap_or_default();
-            if p.type_ == PresenceType::Unavailable {
-                o.last.remove(&r);
-            } else {
-                o.last.insert(r, p.clone());
-            }
-            out.push(p);
-        }
+        let out: Vec<Presence> = o
+            .remote
+            .update(document)
+            .iter()
+            .map(|state| state.to_xmpp(&contact, &to))
+            .collect();
         for p in out {
             self.stanza(p);
         }
@@ -1299,19 +1327,16 @@ impl PresenceCore {
         let Some(o) = self.outs.get_mut(key) else {
             return;
         };
-        let last = std::mem::take(&mut o.last);
-        o.remote = RemotePresence::new();
-        let o = o.clone();
-        if last.is_empty() {
+        let remote = std::mem::take(&mut o.remote);
+        let (Ok(contact), Ok(to)) = (BareJid::new(&o.contact_jid), Jid::new(&o.user)) else {
             return;
-        }
-        for (_, p) in last {
+        };
+        for p in remote.shown(&contact, &to) {
             let mut u = Presence::new(PresenceType::Unavailable);
             u.from = p.from;
             u.to = p.to;
             self.stanza(u);
         }
-        let _ = o;
     }
 
     /// What became of a request stox sent.

@@ -82,6 +82,10 @@ pub struct SinkRun {
     pub last_ns: u64,
     /// SUBSCRIBEs answered (distinct Call-IDs) and NOTIFYs they were sent.
     pub subscribes: HashSet<String>,
+    /// 2xx answers to those NOTIFYs (distinct Call-IDs): stox took the subscription as active.
+    pub notify_ok: HashSet<String>,
+    /// When the last request came in (bench clock, ns).
+    pub last_request_ns: u64,
 }
 
 pub struct Sink {
@@ -110,8 +114,14 @@ impl Sink {
         self.run.lock().unwrap().seen.len() as u64
     }
 
-    pub fn subscribes(&self) -> usize {
-        self.run.lock().unwrap().subscribes.len()
+    /// (SUBSCRIBEs, 2xx to their NOTIFYs, last request's time) since the last `take`.
+    pub fn subscription_counts(&self) -> (u64, u64, u64) {
+        let r = self.run.lock().unwrap();
+        (
+            r.subscribes.len() as u64,
+            r.notify_ok.len() as u64,
+            r.last_request_ns,
+        )
     }
 }
 
@@ -131,9 +141,17 @@ fn sink_loop(sock: UdpSocket, port: u16, run: Arc<Mutex<SinkRun>>, stop: Arc<Ato
         };
         let now = now_ns();
         let msg = String::from_utf8_lossy(&buf[..n]);
-        if msg.starts_with("SIP/2.0") {
-            continue; // a response to one of our NOTIFYs
+        if let Some(status) = msg.strip_prefix("SIP/2.0 ") {
+            // A response to one of our NOTIFYs.
+            let cseq = header(&msg, "CSeq", None).unwrap_or("");
+            if status.starts_with('2') && cseq.ends_with("NOTIFY") {
+                if let Some(c) = header(&msg, "Call-ID", Some("i")) {
+                    run.lock().unwrap().notify_ok.insert(c.to_string());
+                }
+            }
+            continue;
         }
+        run.lock().unwrap().last_request_ns = now;
         let method = msg.split(' ').next().unwrap_or("");
         match method {
             "MESSAGE" => {
@@ -206,15 +224,24 @@ fn notify_for(sub: &str, tag: &str, port: u16, n: u64) -> String {
     )
 }
 
+/// What [`subscribe_watchers`] saw: distinct Call-IDs.
+pub struct Watchers {
+    /// SUBSCRIBEs that got a 2xx.
+    pub ok: u64,
+    /// Subscriptions that got their first NOTIFY (answered 200).
+    pub notified: u64,
+}
+
 /// SIP watchers: `count` SUBSCRIBEs from `w<i>@sip.test` to `u<i % users>@localhost` at
-/// `rate`/s, answering the NOTIFYs that come back. Returns how many got a 2xx.
+/// `rate`/s, answering the NOTIFYs that come back. Stops once each has its 2xx and its
+/// NOTIFY (an unanswered NOTIFY would end the subscription), or at `max_time`.
 pub fn subscribe_watchers(
     target: SocketAddr,
     count: u64,
     users: u64,
     rate: u64,
     max_time: Duration,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Watchers> {
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     big_receive_buffer(&sock);
     sock.set_read_timeout(Some(Duration::from_millis(1)))?;
@@ -222,6 +249,7 @@ pub fn subscribe_watchers(
     let start = Instant::now();
     let mut sent = 0u64;
     let mut ok: HashSet<String> = HashSet::new();
+    let mut notified: HashSet<String> = HashSet::new();
     let mut buf = vec![0u8; 65536];
     let mut quiet_since: Option<Instant> = None;
     while start.elapsed() < max_time {
@@ -253,10 +281,15 @@ pub fn subscribe_watchers(
                     }
                 } else {
                     let _ = sock.send_to(response(&msg, "200 OK", "").as_bytes(), from);
+                    if msg.starts_with("NOTIFY ") {
+                        if let Some(c) = header(&msg, "Call-ID", Some("i")) {
+                            notified.insert(c.to_string());
+                        }
+                    }
                 }
             }
             Err(_) => {
-                if sent == count && ok.len() as u64 >= count {
+                if sent == count && ok.len() as u64 >= count && notified.len() as u64 >= count {
                     // Answer the NOTIFYs still coming for a moment, then stop.
                     let q = *quiet_since.get_or_insert_with(Instant::now);
                     if q.elapsed() > Duration::from_millis(500) {
@@ -266,5 +299,8 @@ pub fn subscribe_watchers(
             }
         }
     }
-    Ok(ok.len() as u64)
+    Ok(Watchers {
+        ok: ok.len() as u64,
+        notified: notified.len() as u64,
+    })
 }
