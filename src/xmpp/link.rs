@@ -17,7 +17,8 @@
 //! means every stanza before it was routed), and fails at once while the link is down or its
 //! queue is full. So a SIP request is answered 200 only for a stanza the server has taken:
 //! a write to the socket alone is lost when the server dies with it unread. One receipt
-//! ping is in flight at a time; the deliveries written meanwhile share the next one.
+//! ping follows each batch of writes, up to four in flight; beyond that the deliveries
+//! written meanwhile share the next one.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -317,21 +318,26 @@ type Ack = oneshot::Sender<Result<(), LinkDown>>;
 /// Deliveries written to the server and waiting for a receipt ping's answer.
 #[derive(Default)]
 struct Receipts {
-    /// Written after the ping in flight was sent: they wait for the next one.
+    /// Written since the last ping was sent: they wait for the next one.
     unconfirmed: Vec<Ack>,
-    /// The ping in flight: its id, when it was sent, and the deliveries it confirms.
-    in_flight: Option<(String, tokio::time::Instant, Vec<Ack>)>,
+    /// Pings in flight, oldest first: id, when sent, and the deliveries each confirms.
+    in_flight: VecDeque<(String, tokio::time::Instant, Vec<Ack>)>,
 }
 
+/// Receipt pings in flight at once. More than one, so a delivery waits for its own ping's
+/// round trip and not also for the one before; few, so a slow server gets few pings.
+const RECEIPT_PINGS: usize = 4;
+
 impl Receipts {
-    /// A receipt ping to send now, if deliveries wait and none is in flight.
+    /// A receipt ping to send now, if deliveries wait and fewer than [`RECEIPT_PINGS`] are
+    /// in flight (else the next answer sends it).
     fn next_ping(&mut self, from: &str, to: &str) -> Option<Stanza> {
-        if self.in_flight.is_some() || self.unconfirmed.is_empty() {
+        if self.in_flight.len() >= RECEIPT_PINGS || self.unconfirmed.is_empty() {
             return None;
         }
         let id = format!("rcpt-{}", crate::sip::core::random_token(12));
         let ping = ping_iq(&id, from, to)?;
-        self.in_flight = Some((
+        self.in_flight.push_back((
             id,
             tokio::time::Instant::now(),
             std::mem::take(&mut self.unconfirmed),
@@ -339,14 +345,16 @@ impl Receipts {
         Some(ping)
     }
 
-    /// Whether `iq` answers the ping in flight; if so its deliveries succeed.
+    /// Whether `iq` answers a ping in flight; if so its deliveries, and those of every
+    /// ping sent before it (the server handled them first), succeed.
     fn answered(&mut self, iq: &Iq) -> bool {
-        let answer = matches!(iq, Iq::Result { .. } | Iq::Error { .. });
-        match &self.in_flight {
-            Some((id, _, _)) if answer && iq.id() == id => {}
-            _ => return false,
+        if !matches!(iq, Iq::Result { .. } | Iq::Error { .. }) {
+            return false;
         }
-        if let Some((_, _, acks)) = self.in_flight.take() {
+        let Some(at) = self.in_flight.iter().position(|(id, _, _)| iq.id() == id) else {
+            return false;
+        };
+        for (_, _, acks) in self.in_flight.drain(..=at) {
             for ack in acks {
                 let _ = ack.send(Ok(()));
             }
@@ -355,12 +363,12 @@ impl Receipts {
     }
 
     fn deadline(&self, wait: Duration) -> Option<tokio::time::Instant> {
-        self.in_flight.as_ref().map(|(_, sent, _)| *sent + wait)
+        self.in_flight.front().map(|(_, sent, _)| *sent + wait)
     }
 
     fn fail_all(&mut self) {
-        let in_flight = self.in_flight.take().map(|(_, _, a)| a).unwrap_or_default();
-        for ack in in_flight.into_iter().chain(self.unconfirmed.drain(..)) {
+        let in_flight = self.in_flight.drain(..).flat_map(|(_, _, a)| a);
+        for ack in in_flight.chain(self.unconfirmed.drain(..)) {
             let _ = ack.send(Err(LinkDown));
         }
     }
@@ -534,4 +542,74 @@ fn invalid_stanza_reply(e: &StreamElementError, component: &str) -> Option<Stanz
             )
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack() -> (Ack, oneshot::Receiver<Result<(), LinkDown>>) {
+        oneshot::channel()
+    }
+
+    fn pong(ping: &Stanza) -> Iq {
+        let Stanza::Iq(iq) = ping else {
+            panic!("not an iq")
+        };
+        Iq::empty_result(Jid::new("sip.example.com").unwrap(), iq.id().to_string())
+    }
+
+    #[test]
+    fn an_answer_confirms_its_ping_and_every_earlier_one() {
+        let mut r = Receipts::default();
+        let (a1, mut r1) = ack();
+        r.unconfirmed.push(a1);
+        let p1 = r.next_ping("sip.example.com", "example.com").unwrap();
+        let (a2, mut r2) = ack();
+        r.unconfirmed.push(a2);
+        let p2 = r.next_ping("sip.example.com", "example.com").unwrap();
+        assert!(
+            r.next_ping("sip.example.com", "example.com").is_none(),
+            "nothing waits"
+        );
+        assert!(
+            r1.try_recv().is_err() && r2.try_recv().is_err(),
+            "not before an answer"
+        );
+        // Another iq, or a get with the same id, confirms nothing.
+        assert!(!r.answered(&Iq::from_get("other", xmpp_parsers::ping::Ping)));
+        assert!(r.answered(&pong(&p2)));
+        assert_eq!(r1.try_recv().unwrap(), Ok(()));
+        assert_eq!(r2.try_recv().unwrap(), Ok(()));
+        assert!(!r.answered(&pong(&p1)), "already confirmed");
+        assert!(r.deadline(RECEIPT_WAIT).is_none());
+    }
+
+    #[test]
+    fn past_the_pings_in_flight_deliveries_share_the_next_and_a_lost_link_fails_all() {
+        let mut r = Receipts::default();
+        let mut pings = Vec::new();
+        let mut rxs = Vec::new();
+        for _ in 0..RECEIPT_PINGS + 2 {
+            let (a, rx) = ack();
+            rxs.push(rx);
+            r.unconfirmed.push(a);
+            if let Some(p) = r.next_ping("sip.example.com", "example.com") {
+                pings.push(p);
+            }
+        }
+        assert_eq!(pings.len(), RECEIPT_PINGS);
+        assert_eq!(r.unconfirmed.len(), 2, "waiting for the next ping");
+        assert!(r.answered(&pong(&pings[0])));
+        let next = r.next_ping("sip.example.com", "example.com");
+        assert!(
+            next.is_some(),
+            "the answer frees a slot for the waiting two"
+        );
+        r.fail_all();
+        assert_eq!(rxs[0].try_recv().unwrap(), Ok(()));
+        for rx in &mut rxs[1..] {
+            assert_eq!(rx.try_recv().unwrap(), Err(LinkDown));
+        }
+    }
 }
