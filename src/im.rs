@@ -1,8 +1,9 @@
 //! Interworking of single messages (RFC 7572), both directions.
 //!
 //! The rule both directions keep: a message that was accepted is delivered or bounced.
-//! - SIP -> XMPP: the MESSAGE gets 200 only after its stanza is written to the XMPP
-//!   server; while the link is down it gets 503 with Retry-After, so the sender retries.
+//! - SIP -> XMPP: the MESSAGE gets 200 only after the XMPP server has taken its stanza
+//!   (`XmppLink::deliver`: a receipt ping after it was answered); while the link is down
+//!   or backed up it gets 503 with Retry-After, so the sender retries.
 //! - XMPP -> SIP: a MESSAGE that fails (a 3xx-6xx, a timeout, no route) comes back to the
 //!   XMPP sender as an error stanza mapped by RFC 7247 section 8.
 

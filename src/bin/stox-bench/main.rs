@@ -1026,17 +1026,33 @@ fn soak(
     stop.store(true, Ordering::SeqCst);
     let _ = sampler.join();
     let s = samples.lock().unwrap().clone();
-    anyhow::ensure!(s.len() >= 4, "too few RSS samples");
-    // Warm-up: the first quarter.
-    let warm = s[s.len() / 4];
+    anyhow::ensure!(s.len() >= 8, "too few RSS samples");
+    let csv: String = s
+        .iter()
+        .enumerate()
+        .map(|(i, kb)| format!("{i},{kb}\n"))
+        .collect();
+    std::fs::write(rdir.join("rss.csv"), format!("second,rss_kb\n{csv}"))?;
+    // Under load the RSS follows the transactions in timer J and the heap trims (every
+    // 10 s), so whole windows are compared, not two single samples: the median of the
+    // second quarter (past warm-up: timer J is 32 s) against that of the last quarter.
+    let median = |w: &[u64]| {
+        let mut w = w.to_vec();
+        w.sort_unstable();
+        w[w.len() / 2]
+    };
+    let q = s.len() / 4;
+    let warm = median(&s[q..2 * q]);
+    let late = median(&s[s.len() - q..]);
     let end = *s.last().unwrap();
     let peak = *s.iter().max().unwrap();
     Ok(format!(
-        "{secs} s at {rate}/s each way ({got}/{} XMPP->SIP delivered): RSS {:.1} MB after warm-up, {:.1} MB at the end ({:+.1} %), peak {:.1} MB",
+        "{secs} s at {rate}/s each way ({got}/{} XMPP->SIP delivered): RSS median {:.1} MB in the second quarter (after warm-up), {:.1} MB in the last quarter ({:+.1} %); {:.1} MB at the end, peak {:.1} MB (samples: soak/rss.csv)",
         f.sent,
         warm as f64 / 1024.0,
+        late as f64 / 1024.0,
+        (late as f64 - warm as f64) / warm as f64 * 100.0,
         end as f64 / 1024.0,
-        (end as f64 - warm as f64) / warm as f64 * 100.0,
         peak as f64 / 1024.0
     ))
 }
