@@ -231,7 +231,9 @@ pub struct SipCore {
     /// per slot at the map's usual load, for the 32 s of timer J.
     servers: Map<u64, Box<ServerTx>>,
     server_keys: Map<ServerKey, u64>,
-    clients: Map<u64, ClientTx>,
+    /// Boxed like `servers`: a table that doubles under a burst keeps its room, and empty
+    /// slots then cost a pointer, not a whole transaction.
+    clients: Map<u64, Box<ClientTx>>,
     client_keys: Map<ClientKey, u64>,
     /// INVITE server transactions whose 2xx awaits (or got) its ACK, by (Call-ID, CSeq).
     accepted: Map<(String, u32), u64>,
@@ -875,7 +877,7 @@ impl SipCore {
         self.client_keys.insert(key.clone(), id);
         self.clients.insert(
             id,
-            ClientTx {
+            Box::new(ClientTx {
                 key,
                 token,
                 machine,
@@ -884,7 +886,7 @@ impl SipCore {
                 invite,
                 ack: None,
                 cancel_pending: false,
-            },
+            }),
         );
         self.transmits.push_back(transmit);
         self.reschedule(TxRef::Client(id));
