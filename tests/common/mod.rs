@@ -1294,8 +1294,10 @@ pub struct TlsUas {
 impl TlsUas {
     pub fn spawn(identity: &Leaf) -> TlsUas {
         let config = server_config(identity);
-        let port = free_port();
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        // Port 0: a port picked by free_port() and bound later can be taken by a parallel
+        // test in between (seen as "address already in use").
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
         let (tx, events) = mpsc::channel();
         let connections = std::sync::Arc::new(AtomicU16::new(0));
         let counter = connections.clone();
