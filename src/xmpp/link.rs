@@ -304,7 +304,7 @@ async fn run(
         return Ended::Lost(e.to_string());
     }
     let mut acks: Vec<Ack> = Vec::new();
-    let mut receipts = Receipts::default();
+    let mut receipts = Receipts::new(&config.jid, &config.ping_to);
     let ended = run_loop(config, &mut stream, rx, inbound, &mut acks, &mut receipts).await;
     for ack in acks.drain(..) {
         let _ = ack.send(Err(LinkDown));
@@ -316,8 +316,9 @@ async fn run(
 type Ack = oneshot::Sender<Result<(), LinkDown>>;
 
 /// Deliveries written to the server and waiting for a receipt ping's answer.
-#[derive(Default)]
 struct Receipts {
+    /// The component and the server, parsed once: a ping goes out per batch of writes.
+    pinger: Option<(Jid, Jid)>,
     /// Written since the last ping was sent: they wait for the next one.
     unconfirmed: Vec<Ack>,
     /// Pings in flight, oldest first: id, when sent, and the deliveries each confirms.
@@ -329,14 +330,29 @@ struct Receipts {
 const RECEIPT_PINGS: usize = 4;
 
 impl Receipts {
+    fn new(component: &str, server: &str) -> Receipts {
+        Receipts {
+            pinger: Jid::new(component).ok().zip(Jid::new(server).ok()),
+            unconfirmed: Vec::new(),
+            in_flight: VecDeque::new(),
+        }
+    }
+
     /// A receipt ping to send now, if deliveries wait and fewer than [`RECEIPT_PINGS`] are
-    /// in flight (else the next answer sends it).
-    fn next_ping(&mut self, from: &str, to: &str) -> Option<Stanza> {
+    /// in flight (else the next answer sends it). Without addresses to ping between, the
+    /// waiting deliveries fail rather than wait for an answer that cannot come.
+    fn next_ping(&mut self) -> Option<Stanza> {
         if self.in_flight.len() >= RECEIPT_PINGS || self.unconfirmed.is_empty() {
             return None;
         }
+        let Some((from, to)) = &self.pinger else {
+            for ack in self.unconfirmed.drain(..) {
+                let _ = ack.send(Err(LinkDown));
+            }
+            return None;
+        };
         let id = format!("rcpt-{}", crate::sip::core::random_token(12));
-        let ping = ping_iq(&id, from, to)?;
+        let ping = ping_iq(&id, from.clone(), to.clone());
         self.in_flight.push_back((
             id,
             tokio::time::Instant::now(),
@@ -401,7 +417,7 @@ async fn run_loop(
                     Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(Stanza::Iq(iq)))))
                         if receipts.answered(&iq) =>
                     {
-                        if let Some(ping) = receipts.next_ping(&config.jid, &config.ping_to) {
+                        if let Some(ping) = receipts.next_ping() {
                             if let Err(e) = stream.send(&XmppStreamElement::Stanza(ping)).await {
                                 return Ended::Lost(e.to_string());
                             }
@@ -426,7 +442,7 @@ async fn run_loop(
                     Some(Err(ReadError::SoftTimeout)) => {
                         // Prosody sends components no keep-alives: ping so a dead peer is noticed.
                         let id = format!("ping-{}", crate::sip::core::random_token(8));
-                        if let Some(ping) = ping_iq(&id, &config.jid, &config.ping_to) {
+                        if let Some(ping) = receipts.pinger.clone().map(|(from, to)| ping_iq(&id, from, to)) {
                             if let Err(e) = stream.send(&XmppStreamElement::Stanza(ping)).await {
                                 return Ended::Lost(e.to_string());
                             }
@@ -458,7 +474,7 @@ async fn run_loop(
                     }
                 }
                 receipts.unconfirmed.append(acks);
-                if let Some(ping) = receipts.next_ping(&config.jid, &config.ping_to) {
+                if let Some(ping) = receipts.next_ping() {
                     if let Err(e) = stream.feed(&XmppStreamElement::Stanza(ping)).await {
                         return Ended::Lost(e.to_string());
                     }
@@ -471,11 +487,12 @@ async fn run_loop(
     }
 }
 
-fn ping_iq(id: &str, from: &str, to: &str) -> Option<Stanza> {
-    let iq = Iq::from_get(id.to_string(), Ping)
-        .with_from(Jid::new(from).ok()?)
-        .with_to(Jid::new(to).ok()?);
-    Some(Stanza::Iq(iq))
+fn ping_iq(id: &str, from: Jid, to: Jid) -> Stanza {
+    Stanza::Iq(
+        Iq::from_get(id.to_string(), Ping)
+            .with_from(from)
+            .with_to(to),
+    )
 }
 
 /// An error answer to a stanza xmpp-parsers rejected, so its sender learns it was not taken.
@@ -561,17 +578,14 @@ mod tests {
 
     #[test]
     fn an_answer_confirms_its_ping_and_every_earlier_one() {
-        let mut r = Receipts::default();
+        let mut r = Receipts::new("sip.example.com", "example.com");
         let (a1, mut r1) = ack();
         r.unconfirmed.push(a1);
-        let p1 = r.next_ping("sip.example.com", "example.com").unwrap();
+        let p1 = r.next_ping().unwrap();
         let (a2, mut r2) = ack();
         r.unconfirmed.push(a2);
-        let p2 = r.next_ping("sip.example.com", "example.com").unwrap();
-        assert!(
-            r.next_ping("sip.example.com", "example.com").is_none(),
-            "nothing waits"
-        );
+        let p2 = r.next_ping().unwrap();
+        assert!(r.next_ping().is_none(), "nothing waits");
         assert!(
             r1.try_recv().is_err() && r2.try_recv().is_err(),
             "not before an answer"
@@ -587,21 +601,21 @@ mod tests {
 
     #[test]
     fn past_the_pings_in_flight_deliveries_share_the_next_and_a_lost_link_fails_all() {
-        let mut r = Receipts::default();
+        let mut r = Receipts::new("sip.example.com", "example.com");
         let mut pings = Vec::new();
         let mut rxs = Vec::new();
         for _ in 0..RECEIPT_PINGS + 2 {
             let (a, rx) = ack();
             rxs.push(rx);
             r.unconfirmed.push(a);
-            if let Some(p) = r.next_ping("sip.example.com", "example.com") {
+            if let Some(p) = r.next_ping() {
                 pings.push(p);
             }
         }
         assert_eq!(pings.len(), RECEIPT_PINGS);
         assert_eq!(r.unconfirmed.len(), 2, "waiting for the next ping");
         assert!(r.answered(&pong(&pings[0])));
-        let next = r.next_ping("sip.example.com", "example.com");
+        let next = r.next_ping();
         assert!(
             next.is_some(),
             "the answer frees a slot for the waiting two"
