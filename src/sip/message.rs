@@ -400,6 +400,20 @@ pub fn parse(buf: &[u8], framing: Framing, max: usize) -> Result<Parsed, Reject>
     let body = buf[lexed.body_start..len].to_vec();
     let frame_len = Some(len);
 
+    // RFC 3261 25.1 checks rsipstack is lenient about; answered once the Request-Line
+    // has passed (so 505 and 501 keep their precedence).
+    let grammar = if is_request {
+        super::grammar::check_request_headers(&lexed.headers).and_then(|()| {
+            if lexed.start.starts_with("INVITE ") {
+                super::grammar::check_accept_for_invite(&lexed.headers)
+            } else {
+                Ok(())
+            }
+        })
+    } else {
+        Ok(())
+    };
+
     let mut headers = Headers::default();
     for (name, value) in lexed.headers {
         headers.push(make_header(name, value.into_owned()));
@@ -407,6 +421,14 @@ pub fn parse(buf: &[u8], framing: Framing, max: usize) -> Result<Parsed, Reject>
 
     if is_request {
         let request = build_request(lexed.start, headers, body, &echo, frame_len)?;
+        if let Err(v) = grammar {
+            return Err(Reject::Answer {
+                status: v.status,
+                reason: v.reason,
+                echo: Box::new(echo),
+                len: frame_len,
+            });
+        }
         Ok(Parsed {
             message: SipMessage::Request(request),
             len,
@@ -473,6 +495,7 @@ fn build_request(
             len,
         });
     };
+    super::grammar::check_request_uri(uri).map_err(|v| Reject::bad(v.reason, echo, len))?;
     let scheme = uri.split(':').next().unwrap_or("").to_ascii_lowercase();
     if !matches!(scheme.as_str(), "sip" | "sips" | "tel" | "im" | "pres") {
         return Err(Reject::Answer {

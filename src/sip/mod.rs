@@ -10,6 +10,7 @@ pub mod dialog;
 pub mod endpoint;
 #[cfg(test)]
 mod fuzz;
+pub mod grammar;
 pub mod locate;
 pub mod message;
 pub mod register;
