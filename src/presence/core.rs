@@ -35,7 +35,7 @@ use crate::mapping::message::sip_uri;
 use crate::mapping::presence::{self as pidf, RemotePresence, UserPresence};
 use crate::sip::core::random_token;
 use crate::sip::dialog::{self, header_value, Dialog};
-use crate::sip::message::{raw_uri, response_to};
+use crate::sip::message::{dialog_response_to, raw_uri, response_to};
 use crate::sip::subscription::{
     after_termination, is_presence_event, refresh_after, AfterTermination, Reason, SubState,
     SubscriptionState,
@@ -114,6 +114,10 @@ pub struct Outbound {
     pub from_tag: String,
     pub cseq: u32,
     pub dialog: Option<Dialog>,
+    /// The dialog was made from the SUBSCRIBE's 2xx, before any NOTIFY: the first NOTIFY
+    /// sets its route set (RFC 6665 4.4.1).
+    #[serde(default)]
+    pub dialog_from_2xx: bool,
     pub state: OutState,
     pub told_subscribed: bool,
     /// When the user last showed up (a stanza from them, their server's login probe).
@@ -658,6 +662,7 @@ impl PresenceCore {
             from_tag: String::new(),
             cseq: 0,
             dialog: None,
+            dialog_from_2xx: false,
             state: OutState::Subscribing,
             told_subscribed: told,
             seen_at: now,
@@ -690,6 +695,7 @@ impl PresenceCore {
         o.from_tag = random_token(10);
         o.cseq = 1;
         o.dialog = None;
+        o.dialog_from_2xx = false;
         o.state = OutState::Subscribing;
         // If nothing comes back at all, try again later.
         o.next_at = now + secs(expires);
@@ -1084,7 +1090,8 @@ impl PresenceCore {
             return answer(req, 400, Some("From cannot be mapped to XMPP"));
         };
         let tag = random_token(10);
-        let mut ok = response_to(req, 200, None, &tag);
+        // RFC 3261 12.1.1 (RFC 6665 4.1.2.4): the 2xx carries the Record-Route.
+        let mut ok = dialog_response_to(req, 200, None, &tag);
         ok.headers.push(make_header("Expires", granted.to_string()));
         ok.headers.push(make_header(
             "Contact",
@@ -1221,10 +1228,19 @@ impl PresenceCore {
             return answer(req, 481, None);
         };
         // The first NOTIFY (from any fork) makes the dialog; later ones must match it.
+        let mut creates_dialog = o.dialog.is_none() || o.dialog_from_2xx;
         match &mut o.dialog {
             Some(d) if d.matches(req) => {
                 if let Err(code) = d.check_request(req) {
                     return answer(req, code, None);
+                }
+                if o.dialog_from_2xx {
+                    // RFC 6665 4.4.1: the subscriber's route set comes from the NOTIFY,
+                    // not from the 2xx to the SUBSCRIBE.
+                    let mut route_set = dialog::header_values(&req.headers, "Record-Route");
+                    route_set.reverse();
+                    d.route_set = route_set;
+                    o.dialog_from_2xx = false;
                 }
             }
             Some(_) => {
@@ -1237,7 +1253,14 @@ impl PresenceCore {
                 _ => return answer(req, 400, Some("NOTIFY cannot form a dialog")),
             },
         }
-        let ok = response_to(req, 200, None, "");
+        if o.dialog.as_ref().is_some_and(|d| !d.matches(req)) {
+            creates_dialog = false;
+        }
+        let ok = if creates_dialog {
+            dialog_response_to(req, 200, None, "")
+        } else {
+            response_to(req, 200, None, "")
+        };
         match state.state {
             SubState::Active | SubState::Pending => {
                 if let Some(e) = state.expires {
@@ -1396,6 +1419,7 @@ impl PresenceCore {
                             subscribe_request(o, 0, &contact).map(|s| Dialog::as_uac(&s, &r))
                         {
                             o.dialog = Some(d);
+                            o.dialog_from_2xx = true;
                         }
                     }
                 }
