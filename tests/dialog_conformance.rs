@@ -205,7 +205,11 @@ fn watcher(who: &str, routes: bool, rest: &str) -> String {
             "[routes]\n",
         )
     } else {
-        ("", "<ereg regexp=\".*\" search_in=\"hdr\" header=\"To:\" assign_to=\"rr\" />", "")
+        (
+            "",
+            "<ereg regexp=\".*\" search_in=\"hdr\" header=\"To:\" assign_to=\"rr\" />",
+            "",
+        )
     };
     let rest = rest.replace("ROUTES\n", route_line);
     format!(
@@ -443,7 +447,10 @@ fn juliet_unsubscribes_and_the_terminated_notify_gets_200(kind: &str) {
         1,
     );
     juliet.send_raw("<presence to='romeo\\40sip.test@sip.localhost' type='subscribe'/>");
-    juliet.expect_stanza(&["romeo\\40sip.test@sip.localhost", "In the orchard"], SECS10);
+    juliet.expect_stanza(
+        &["romeo\\40sip.test@sip.localhost", "In the orchard"],
+        SECS10,
+    );
     juliet.send_raw("<presence to='romeo\\40sip.test@sip.localhost' type='unsubscribe'/>");
     let r = uas.finish(SECS30);
     r.assert_ok();
@@ -493,7 +500,11 @@ fn two_watchers_both_learn_that_juliet_went_offline(kind: &str) {
     for (who, w) in ["romeo", "mercutio"].iter().zip(watchers) {
         let r = w.finish(SECS30);
         r.assert_ok();
-        assert!(r.messages.contains("<basic>closed"), "{who}: {}", r.messages);
+        assert!(
+            r.messages.contains("<basic>closed"),
+            "{who}: {}",
+            r.messages
+        );
     }
 }
 

@@ -1389,10 +1389,10 @@ impl PresenceCore {
     /// A NOTIFY for a subscription stox ended (RFC 6665 4.1.2.3, 4.4.1): 200 to each until
     /// the terminated one, which ends it; 481 for one stox never had.
     fn notify_after_unsubscribe(&mut self, req: &Request, call_id: &str, to_tag: &str) -> Response {
-        if !self
+        if self
             .ending
             .get(call_id)
-            .is_some_and(|e| e.from_tag == to_tag)
+            .is_none_or(|e| e.from_tag != to_tag)
         {
             return answer(req, 481, None);
         }
