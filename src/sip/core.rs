@@ -1918,7 +1918,11 @@ mod tests {
         let text = String::from_utf8_lossy(&t[0].bytes).into_owned();
         assert!(text.starts_with("SIP/2.0 503 "), "{text}");
         assert!(text.contains("\r\nRetry-After: 32\r\n"), "{text}");
-        assert_eq!(core.stats().server_transactions, 2, "the refusal holds nothing");
+        assert_eq!(
+            core.stats().server_transactions,
+            2,
+            "the refusal holds nothing"
+        );
         // A retransmission of a held one is still matched, not refused.
         core.handle_message(t0, romeo_message("z9hG4bKcap1", ""), udp_source());
         assert!(drain(&mut core).0.is_empty());
