@@ -164,6 +164,16 @@ pub struct SipConfig {
     pub idle_timeout_ms: u64,
     /// TCP and TLS connections accepted and open at once; outbound ones have as many again.
     pub max_connections: usize,
+    /// Accepted TCP and TLS connections open at once from one IP address.
+    pub max_connections_per_address: usize,
+    /// A message begun on a TCP or TLS connection must be complete within this (slowloris).
+    pub read_timeout_ms: u64,
+    /// A message the peer has not taken (written and flushed) within this long closes its
+    /// TCP or TLS connection.
+    pub write_timeout_ms: u64,
+    /// Server transactions held at once (answered ones included, until their timer J/H
+    /// ends); a new request beyond it gets 503 with Retry-After.
+    pub max_server_transactions: usize,
     /// Digest credentials, one per realm (`[[sip.credentials]]`).
     pub credentials: Vec<Credential>,
     /// Registration of stox at a registrar (`[sip.register]`).
@@ -437,6 +447,14 @@ struct RawSip {
     idle_timeout_ms: Option<u64>,
     #[serde(default)]
     max_connections: Option<usize>,
+    #[serde(default)]
+    max_connections_per_address: Option<usize>,
+    #[serde(default)]
+    read_timeout_ms: Option<u64>,
+    #[serde(default)]
+    write_timeout_ms: Option<u64>,
+    #[serde(default)]
+    max_server_transactions: Option<usize>,
     #[serde(default)]
     credentials: Vec<RawCredential>,
     #[serde(default)]
@@ -758,6 +776,34 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "must be between 1 and 1000000",
         ));
     }
+    let max_connections_per_address = raw.sip.max_connections_per_address.unwrap_or(100);
+    if !(1..=1_000_000).contains(&max_connections_per_address) {
+        return Err(ConfigError::new(
+            "sip.max_connections_per_address",
+            "must be between 1 and 1000000",
+        ));
+    }
+    let read_timeout_ms = raw.sip.read_timeout_ms.unwrap_or(30_000);
+    if !(100..=3_600_000).contains(&read_timeout_ms) {
+        return Err(ConfigError::new(
+            "sip.read_timeout_ms",
+            "must be between 100 and 3600000",
+        ));
+    }
+    let write_timeout_ms = raw.sip.write_timeout_ms.unwrap_or(10_000);
+    if !(100..=3_600_000).contains(&write_timeout_ms) {
+        return Err(ConfigError::new(
+            "sip.write_timeout_ms",
+            "must be between 100 and 3600000",
+        ));
+    }
+    let max_server_transactions = raw.sip.max_server_transactions.unwrap_or(1_000_000);
+    if !(1..=100_000_000).contains(&max_server_transactions) {
+        return Err(ConfigError::new(
+            "sip.max_server_transactions",
+            "must be between 1 and 100000000",
+        ));
+    }
     let tls = match raw.sip.tls {
         Some(t) => {
             let context = crate::sip::tls::TlsContext::load(
@@ -828,6 +874,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             tls,
             idle_timeout_ms,
             max_connections,
+            max_connections_per_address,
+            read_timeout_ms,
+            write_timeout_ms,
+            max_server_transactions,
             credentials,
             register,
         },
@@ -1378,6 +1428,37 @@ domains = ["example.com"]
         assert!(e.starts_with("sip.idle_timeout_ms: "), "{e}");
         let e = err(&format!("{MINIMAL}[sip]\nmax_connections = 0\n"));
         assert!(e.starts_with("sip.max_connections: "), "{e}");
+    }
+
+    #[test]
+    fn stream_and_transaction_bounds_have_safe_defaults_and_are_checked() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.sip.max_connections_per_address, 100);
+        assert_eq!(c.sip.read_timeout_ms, 30_000);
+        assert_eq!(c.sip.write_timeout_ms, 10_000);
+        assert_eq!(c.sip.max_server_transactions, 1_000_000);
+        let c = Config::parse(&format!(
+            "{MINIMAL}[sip]\nmax_connections_per_address = 3\nread_timeout_ms = 2000\nwrite_timeout_ms = 1000\nmax_server_transactions = 10\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                c.sip.max_connections_per_address,
+                c.sip.read_timeout_ms,
+                c.sip.write_timeout_ms,
+                c.sip.max_server_transactions
+            ),
+            (3, 2000, 1000, 10)
+        );
+        for (key, value) in [
+            ("max_connections_per_address", "0"),
+            ("read_timeout_ms", "10"),
+            ("write_timeout_ms", "0"),
+            ("max_server_transactions", "0"),
+        ] {
+            let e = err(&format!("{MINIMAL}[sip]\n{key} = {value}\n"));
+            assert!(e.starts_with(&format!("sip.{key}: ")), "{e}");
+        }
     }
 
     #[test]
