@@ -45,16 +45,20 @@ impl Server {
     }
 }
 
-/// A Record-Routing proxy in front of stox: initial requests get `record_route()` and go
-/// to stox; in-dialog ones are routed by their Route header (`loose_route()`) and logged,
-/// or refused when they come without one (a UA that bypasses the proxy would send them
-/// straight to the Contact; SIPp always sends to the proxy, so a missing Route shows here).
-fn record_routing_proxy(stox_port: u16) -> String {
+/// A Record-Routing proxy: initial requests get `record_route()` and go to `next_port`
+/// (stox, or SIPp for requests from stox); in-dialog ones are routed by their Route
+/// header (`loose_route()`) and logged, NOTIFYs record-routed as RFC 6665 4.4.1 expects,
+/// or refused when they come without a Route (a UA that bypasses the proxy would send
+/// them straight to the Contact; SIPp always sends to the proxy, so a missing Route shows
+/// here, and stox's own requests without one never reach the proxy at all).
+fn record_routing_proxy(next_port: u16) -> String {
     r#"
 request_route {
     if (!mf_process_maxfwd_header("10")) { sl_send_reply("483", "Too Many Hops"); exit; }
     if (has_totag()) {
         if (loose_route()) {
+            # RFC 6665 4.4.1: the subscriber takes its route set from the NOTIFY.
+            if (is_method("NOTIFY")) { record_route(); }
             xlog("L_INFO", "STOXTEST in-dialog $rm routed to $ru\n");
             t_relay();
             exit;
@@ -65,12 +69,12 @@ request_route {
     }
     record_route();
     xlog("L_INFO", "STOXTEST initial $rm record-routed\n");
-    $du = "sip:127.0.0.1:STOX_PORT;transport=udp";
+    $du = "sip:127.0.0.1:NEXT_PORT;transport=udp";
     t_relay();
     exit;
 }
 "#
-    .replace("STOX_PORT", &stox_port.to_string())
+    .replace("NEXT_PORT", &next_port.to_string())
 }
 
 const PROXY_MODULES: &[&str] = &[
@@ -345,8 +349,14 @@ fn behind_a_record_routing_proxy_stoxs_notifies_and_the_watchers_refresh_pass_th
 
 /// SIPp as romeo's presence server: 200 to the SUBSCRIBE, an active NOTIFY, then the
 /// unsubscribe (SUBSCRIBE Expires: 0) and its terminated NOTIFY, which must get 200: a
-/// 481 is an unexpected message and fails the scenario.
-fn presentity_answering_the_unsubscribe() -> String {
+/// 481 is an unexpected message and fails the scenario. With `routes`, its NOTIFYs carry
+/// the route set of the SUBSCRIBE's Record-Route.
+fn presentity_answering_the_unsubscribe(routes: bool) -> String {
+    let (rrs, route_line) = if routes {
+        (" rrs=\"true\"", "[routes]\n")
+    } else {
+        ("", "")
+    };
     let notify = |cseq: u32, state: &str, body: &str| {
         let ctype = if body.is_empty() {
             ""
@@ -359,7 +369,7 @@ fn presentity_answering_the_unsubscribe() -> String {
 NOTIFY [$contact] SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
 Max-Forwards: 70
-From: <sip:romeo@sip.test>;tag=[pid]SIPpTag01[call_number]
+{route_line}From: <sip:romeo@sip.test>;tag=[pid]SIPpTag01[call_number]
 To: [$from]
 Call-ID: [call_id]
 CSeq: {cseq} NOTIFY
@@ -381,7 +391,7 @@ Subscription-State: {state}
     format!(
         r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="presentity">
-  <recv request="SUBSCRIBE">
+  <recv request="SUBSCRIBE"{rrs}>
     <action>
       <ereg regexp="&lt;([^&gt;]*)&gt;" search_in="hdr" header="Contact:" assign_to="dummy,contact" />
       <ereg regexp=".*" search_in="hdr" header="From:" assign_to="from" />
@@ -442,7 +452,7 @@ fn juliet_unsubscribes_and_the_terminated_notify_gets_200(kind: &str) {
     let uas = Sipp::spawn_uas(
         dir.path(),
         "presentity",
-        &presentity_answering_the_unsubscribe(),
+        &presentity_answering_the_unsubscribe(false),
         uas_port,
         1,
     );
@@ -465,6 +475,54 @@ fn juliet_unsubscribes_and_the_terminated_notify_gets_200_on_prosody() {
 #[test]
 fn juliet_unsubscribes_and_the_terminated_notify_gets_200_on_ejabberd() {
     juliet_unsubscribes_and_the_terminated_notify_gets_200("ejabberd");
+}
+
+#[test]
+fn behind_a_record_routing_proxy_stoxs_unsubscribe_follows_the_notifys_route_set() {
+    let dir = temp_dir();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let uas_port = free_port();
+    let kamailio = Kamailio::start(
+        dir.path(),
+        "proxy",
+        PROXY_MODULES,
+        &record_routing_proxy(uas_port),
+    );
+    let stox = Stox::start(
+        dir.path(),
+        prosody.component_port,
+        &format!(
+            "[sip.routes]\n\"sip.test\" = \"sip:127.0.0.1:{};transport=udp\"\n",
+            kamailio.port
+        ),
+    );
+    stox.wait_online(1);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+    let uas = Sipp::spawn_uas(
+        dir.path(),
+        "presentity",
+        &presentity_answering_the_unsubscribe(true),
+        uas_port,
+        1,
+    );
+    juliet.send_raw("<presence to='romeo\\40sip.test@sip.localhost' type='subscribe'/>");
+    juliet.expect_stanza(
+        &["romeo\\40sip.test@sip.localhost", "In the orchard"],
+        SECS10,
+    );
+    juliet.send_raw("<presence to='romeo\\40sip.test@sip.localhost' type='unsubscribe'/>");
+    let r = uas.finish(SECS30);
+    r.assert_ok();
+    kamailio.wait_log("STOXTEST initial SUBSCRIBE record-routed", 1, SECS10);
+    kamailio.wait_log("STOXTEST in-dialog NOTIFY routed", 2, SECS10);
+    // The unsubscribe is stox's own request in the dialog: its Route is the NOTIFY's
+    // Record-Route.
+    kamailio.wait_log("STOXTEST in-dialog SUBSCRIBE routed", 1, SECS10);
+    assert!(
+        kamailio.lines("without a Route").is_empty(),
+        "{}",
+        kamailio.log()
+    );
 }
 
 /// Romeo and mercutio both watch juliet; when she goes offline her server sends her
