@@ -91,7 +91,11 @@ impl Reassembly {
         for (i, (k, p)) in parts.into_iter().enumerate() {
             if cursor < k {
                 // A gap between held pieces: the new chunk covers it.
-                let list = if i <= base_at { &mut before } else { &mut after };
+                let list = if i <= base_at {
+                    &mut before
+                } else {
+                    &mut after
+                };
                 list.push(Segment::New(cursor - start, k - start));
                 added += k - cursor;
             }

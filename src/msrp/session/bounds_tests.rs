@@ -165,7 +165,14 @@ fn responses_for_a_peer_that_does_not_read_them_stop_the_reading() {
     while b.wants_data() {
         b.handle_data(
             now,
-            &chunk(&format!("tq{fed:06}"), &format!("mq{fed:06}"), 1, "1", b"x", '$'),
+            &chunk(
+                &format!("tq{fed:06}"),
+                &format!("mq{fed:06}"),
+                1,
+                "1",
+                b"x",
+                '$',
+            ),
         );
         fed += 1;
         assert!(fed < 1000, "never stops reading");
@@ -189,7 +196,14 @@ fn messages_held_for_the_application_stop_the_reading_at_max_deferred() {
         assert!(b.wants_data());
         b.handle_data(
             now,
-            &chunk(&format!("td{i:06}"), &format!("md{i:06}"), 1, "1", b"x", '$'),
+            &chunk(
+                &format!("td{i:06}"),
+                &format!("md{i:06}"),
+                1,
+                "1",
+                b"x",
+                '$',
+            ),
         );
     }
     assert!(!b.wants_data());
