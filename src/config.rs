@@ -235,7 +235,7 @@ impl Default for RuntimeConfig {
 
 /// `[msrp]`: the MSRP (RFC 4975) listener of chat sessions. Chat sessions are on only
 /// when `listen` is set; without it type=chat messages go as pager-mode MESSAGEs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MsrpConfig {
     pub listen: Option<SocketAddr>,
     /// The host written in a=path (and SDP c=) when the listen address is not reachable.
@@ -245,6 +245,25 @@ pub struct MsrpConfig {
     pub tls_listen: Option<SocketAddr>,
     /// Offer msrps in every INVITE, not only when the SIP leg is secure.
     pub prefer_tls: bool,
+    /// Accepted MSRP connections open at once (both listeners each), bound to a session or
+    /// not; one beyond is closed at once.
+    pub max_connections: usize,
+    /// An accepted connection without a complete, routable first request by then is
+    /// closed.
+    pub first_request_timeout_ms: u64,
+}
+
+impl Default for MsrpConfig {
+    fn default() -> Self {
+        MsrpConfig {
+            listen: None,
+            advertise: None,
+            tls_listen: None,
+            prefer_tls: false,
+            max_connections: 2048,
+            first_request_timeout_ms: 5_000,
+        }
+    }
 }
 
 /// `[chat]`: limits of chat sessions (RFC 7573).
@@ -362,6 +381,8 @@ struct RawMsrp {
     tls_listen: Option<String>,
     #[serde(default)]
     prefer_tls: bool,
+    max_connections: Option<usize>,
+    first_request_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -958,11 +979,30 @@ fn validate_msrp(raw: RawMsrp, have_tls: bool) -> Result<MsrpConfig, ConfigError
             ));
         }
     }
+    let d = MsrpConfig::default();
+    let max_connections = raw.max_connections.unwrap_or(d.max_connections);
+    if !(1..=1_000_000).contains(&max_connections) {
+        return Err(ConfigError::new(
+            "msrp.max_connections",
+            "must be between 1 and 1000000",
+        ));
+    }
+    let first_request_timeout_ms = raw
+        .first_request_timeout_ms
+        .unwrap_or(d.first_request_timeout_ms);
+    if !(100..=600_000).contains(&first_request_timeout_ms) {
+        return Err(ConfigError::new(
+            "msrp.first_request_timeout_ms",
+            "must be between 100 and 600000",
+        ));
+    }
     Ok(MsrpConfig {
         listen,
         advertise,
         tls_listen,
         prefer_tls: raw.prefer_tls,
+        max_connections,
+        first_request_timeout_ms,
     })
 }
 
@@ -1475,6 +1515,32 @@ domains = ["example.com"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("workers"), "{e}");
+    }
+
+    #[test]
+    fn msrp_listener_bounds_have_safe_defaults_and_are_checked() {
+        let base = "[xmpp]\njid = \"sip.example.com\"\nserver = \"127.0.0.1:5347\"\nsecret = \"s\"\ndomains = [\"example.com\"]\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.msrp.max_connections, 2048);
+        assert_eq!(c.msrp.first_request_timeout_ms, 5000);
+        let c = Config::parse(&format!(
+            "{base}[msrp]\nmax_connections = 16\nfirst_request_timeout_ms = 1500\n"
+        ))
+        .unwrap();
+        assert_eq!(c.msrp.max_connections, 16);
+        assert_eq!(c.msrp.first_request_timeout_ms, 1500);
+        for (bad, key) in [
+            ("max_connections = 0", "msrp.max_connections: "),
+            (
+                "first_request_timeout_ms = 10",
+                "msrp.first_request_timeout_ms: ",
+            ),
+        ] {
+            let e = Config::parse(&format!("{base}[msrp]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
     }
 
     #[test]

@@ -524,6 +524,8 @@ impl ChatCore {
         msrp::Config {
             chunk_size: self.settings.chunk_size,
             max_message_size: self.settings.max_message_size,
+            // Room for one whole message being reassembled while another begins.
+            max_incoming_bytes: self.settings.max_message_size.saturating_mul(2),
             defer_response: Some(DELIVER_TIMEOUT),
             ..msrp::Config::default()
         }
