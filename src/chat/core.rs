@@ -1085,6 +1085,20 @@ impl ChatCore {
             }
         };
         let (peer_jid, peer_sip) = peer;
+        // RFC 3261 8.2.3: a body of a type stox does not understand gets 415 with the
+        // types it does (RFC 4475 3.3.6, invut), not a 488 for an SDP it never saw.
+        let content_type = header_value(&request.headers, "Content-Type")
+            .or_else(|| header_value(&request.headers, "c"));
+        if let Some(ct) = content_type.filter(|_| !request.body.is_empty()) {
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            if !essence.eq_ignore_ascii_case("application/sdp") {
+                tracing::info!(content_type = %ct, "INVITE with a body stox does not understand; 415.");
+                let mut r = answer(415);
+                r.headers
+                    .push(make_header("Accept", "application/sdp".to_string()));
+                return r;
+            }
+        }
         let offer = match sdp::parse(&request.body) {
             Ok(o) => o,
             Err(e) => {

@@ -724,3 +724,28 @@ fn by_default_an_invite_is_answered_without_looking_at_availability() {
         .unwrap();
     assert_eq!(r.status_code.code(), 200);
 }
+
+#[test]
+fn an_invite_with_a_body_of_an_unknown_type_gets_415_naming_sdp() {
+    // RFC 3261 8.2.3 and RFC 4475 3.3.6 (invut).
+    let mut c = core();
+    let t0 = Instant::now();
+    let invite = romeo_invite("u1", "<audio>\r\n <pcmu port=\"443\"/>\r\n</audio>\r\n");
+    let text = invite.to_string().replace(
+        "Content-Type: application/sdp",
+        "Content-Type: application/unknownformat",
+    );
+    let r = c.handle_sip_request(t0, &request(&text)).unwrap();
+    assert_eq!(r.status_code.code(), 415);
+    assert_eq!(
+        header_value(&r.headers, "Accept").as_deref(),
+        Some("application/sdp")
+    );
+    // With parameters the type is still SDP: it gets past this check to the offer.
+    let text = invite.to_string().replace(
+        "Content-Type: application/sdp",
+        "Content-Type: Application/SDP; x=1",
+    );
+    let r = c.handle_sip_request(t0, &request(&text)).unwrap();
+    assert_eq!(r.status_code.code(), 488);
+}
