@@ -43,6 +43,48 @@ fn is_scheme(s: &str) -> bool {
         && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
 }
 
+/// The address inside an IPv6 reference's brackets. Besides RFC 4291's forms this takes the
+/// one RFC 3261's ABNF admits by a bug inherited from RFC 2373, `hexseq ":::" IPv4address`
+/// (`2001:db8:::192.0.2.1`): RFC 5118 4.10 says an implementation "must tolerate both".
+pub fn ipv6_reference(inside: &str) -> Option<std::net::Ipv6Addr> {
+    if let Ok(a) = inside.parse() {
+        return Some(a);
+    }
+    let (hexseq, v4) = inside.split_once(":::")?;
+    if hexseq.is_empty() || v4.contains(':') || v4.parse::<std::net::Ipv4Addr>().is_err() {
+        return None;
+    }
+    format!("{hexseq}::{v4}").parse().ok()
+}
+
+/// `text` with every bracketed `hexseq ":::" IPv4address` reference written in its RFC 4291
+/// form (two colons), which RFC 5118 4.10 allows ("may ... serialize"): rsipstack's URI
+/// parser knows only that one.
+pub fn two_colon_ipv6_references(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(":::") {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        let (before, from_open) = rest.split_at(open + 1);
+        out.push_str(before);
+        let Some(close) = from_open.find(']') else {
+            rest = from_open;
+            break;
+        };
+        let inside = &from_open[..close];
+        if inside.contains(":::") && ipv6_reference(inside).is_some() {
+            out.push_str(&inside.replacen(":::", "::", 1));
+        } else {
+            out.push_str(inside);
+        }
+        rest = &from_open[close..];
+    }
+    out.push_str(rest);
+    out.into()
+}
+
 /// `hostport` of a SIP URI (RFC 3261 25.1; RFC 5118 4.2): an IPv6 reference must be in
 /// brackets, and a port is digits.
 fn check_hostport(hostport: &str) -> Result<(), &'static str> {
@@ -50,7 +92,7 @@ fn check_hostport(hostport: &str) -> Result<(), &'static str> {
         let Some((inside, after)) = rest.split_once(']') else {
             return Err("unterminated IPv6 reference");
         };
-        if inside.parse::<std::net::Ipv6Addr>().is_err() {
+        if ipv6_reference(inside).is_none() {
             return Err("invalid IPv6 reference");
         }
         match after {
@@ -409,5 +451,29 @@ mod tests {
         );
         assert!(check_accept_for_invite(&h(&[("Accept", "")])).is_ok());
         assert!(check_accept_for_invite::<&str>(&[]).is_ok());
+    }
+
+    #[test]
+    fn rfc5118_4_10_the_three_colon_ipv6_reference_is_tolerated_and_nothing_more() {
+        use std::net::Ipv6Addr;
+        let two: Ipv6Addr = "2001:db8::192.0.2.1".parse().unwrap();
+        assert_eq!(ipv6_reference("2001:db8::192.0.2.1"), Some(two));
+        assert_eq!(ipv6_reference("2001:db8:::192.0.2.1"), Some(two));
+        assert!(check_hostport("[2001:db8:::192.0.2.1]").is_ok());
+        assert_eq!(
+            two_colon_ipv6_references("sip:u@[2001:db8:::192.0.2.1]:5060;x=[a:::b]"),
+            "sip:u@[2001:db8::192.0.2.1]:5060;x=[a:::b]"
+        );
+        assert_eq!(two_colon_ipv6_references("a:::b [::1] ["), "a:::b [::1] [");
+        for bad in [
+            ":::192.0.2.1",
+            "2001:db8:::1",
+            "2001:db8::::192.0.2.1",
+            "2001:db8:::192.0.2",
+            "2001:::db8:::192.0.2.1",
+            "2001:db8:::192.0.2.1:5060",
+        ] {
+            assert_eq!(ipv6_reference(bad), None, "{bad}");
+        }
     }
 }

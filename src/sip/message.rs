@@ -416,7 +416,8 @@ pub fn parse(buf: &[u8], framing: Framing, max: usize) -> Result<Parsed, Reject>
 
     let mut headers = Headers::default();
     for (name, value) in lexed.headers {
-        headers.push(make_header(name, value.into_owned()));
+        let value = super::grammar::two_colon_ipv6_references(&value).into_owned();
+        headers.push(make_header(name, value));
     }
 
     if is_request {
@@ -505,7 +506,7 @@ fn build_request(
             len,
         });
     }
-    let uri: Uri = rsipstack::sip::parse_uri(uri)
+    let uri: Uri = rsipstack::sip::parse_uri(&super::grammar::two_colon_ipv6_references(uri))
         .map_err(|_| Reject::bad("Malformed Request-URI", echo, len))?;
     let request = Request {
         method,
