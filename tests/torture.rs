@@ -370,7 +370,36 @@ fn over_udp(sip_port: u16, name: &str, msg: &[u8], expect: Expect) -> Option<Str
     }
     let msg = with_top_via(msg, "UDP", &local);
     sock.send_to(&msg, ("127.0.0.1", sip_port)).unwrap();
-    final_response(recv).inspect(|r| eprintln!("{name}/UDP: {}", status_line(r)))
+    let answer = final_response(&mut recv).inspect(|r| eprintln!("{name}/UDP: {}", status_line(r)));
+    if name == "dblreq" {
+        // RFC 4475 3.1.1.8: the INVITE after the REGISTER in the datagram is noise. The
+        // answer is the REGISTER's, and the next one on this socket is the probe's.
+        let (p, call_id) = probe("UDP", &local);
+        sock.send_to(p.as_bytes(), ("127.0.0.1", sip_port)).unwrap();
+        let next = final_response(&mut recv);
+        if !answer
+            .as_deref()
+            .is_some_and(|r| cseq_method(r) == "REGISTER")
+            || after_drop(name, "UDP", &call_id, next).is_none()
+        {
+            eprintln!("dblreq/UDP: the INVITE octets were answered");
+            return None;
+        }
+    }
+    answer
+}
+
+/// The method of a message's CSeq.
+fn cseq_method(msg: &str) -> String {
+    msg.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case("CSeq")
+                .then(|| v.split_whitespace().nth(1))?
+        })
+        .unwrap_or("")
+        .to_string()
 }
 
 fn over_tcp(sip_port: u16, name: &str, msg: &[u8], expect: Expect) -> Option<String> {
@@ -388,8 +417,40 @@ fn over_tcp(sip_port: u16, name: &str, msg: &[u8], expect: Expect) -> Option<Str
     }
     let msg = with_top_via(msg, "TCP", &local);
     tcp.write_all(&msg).unwrap();
-    final_response(|| read_sip_message(&mut tcp, &mut buf))
-        .inspect(|r| eprintln!("{name}/TCP: {}", status_line(r)))
+    let answer = final_response(|| read_sip_message(&mut tcp, &mut buf))
+        .inspect(|r| eprintln!("{name}/TCP: {}", status_line(r)));
+    if name == "ncl" {
+        // RFC 4475 3.1.2.3: over TCP "the framing error is not recoverable, and the
+        // connection should be closed" once the error is answered.
+        let mut rest = Vec::new();
+        match std::io::Read::read_to_end(&mut tcp, &mut rest) {
+            Ok(_) if rest.is_empty() => {}
+            other => {
+                eprintln!(
+                    "ncl/TCP: the connection stayed open ({other:?}, {} bytes)",
+                    rest.len()
+                );
+                return None;
+            }
+        }
+    }
+    answer
+}
+
+/// The answer, if it is one to `msg` (its CSeq method is the request's); None otherwise.
+fn answers_it(name: &str, msg: &[u8], expect: Expect, got: Option<String>) -> Option<String> {
+    let r = got?;
+    if matches!(expect, Dropped) {
+        return Some(r);
+    }
+    // The request's CSeq method, unfolded (wsinv folds it onto a second line).
+    let text = String::from_utf8_lossy(msg).replace("\r\n ", " ");
+    let want = cseq_method(&text);
+    if cseq_method(&r) != want {
+        eprintln!("{name}: the answer's CSeq is not the request's ({want}):\n{r}");
+        return None;
+    }
+    Some(r)
 }
 
 fn still_answers(stox: &Stox) {
@@ -425,6 +486,7 @@ fn every_torture_message_over_udp_gets_the_answer_the_rfcs_give() {
     for (name, section, expect, _) in CASES {
         let msg = fixture(name);
         let got = over_udp(stox.sip_port, name, &msg, *expect);
+        let got = answers_it(name, &msg, *expect, got);
         if let Err(e) = check(name, section, "UDP", *expect, got) {
             failures.push(e);
         }
@@ -443,6 +505,7 @@ fn every_torture_message_over_tcp_gets_the_answer_the_rfcs_give() {
         }
         let msg = fixture(name);
         let got = over_tcp(stox.sip_port, name, &msg, *expect);
+        let got = answers_it(name, &msg, *expect, got);
         if let Err(e) = check(name, section, "TCP", *expect, got) {
             failures.push(e);
         }
@@ -471,4 +534,30 @@ fn every_fixture_is_in_the_table_and_all_61_are_there() {
     // RFC 4475 has 49 messages (3.1.1.1 to 3.4.1), RFC 5118 section 4 has 12.
     let rfc = |p: &str| CASES.iter().filter(|(_, s, ..)| s.starts_with(p)).count();
     assert_eq!((rfc("RFC 4475"), rfc("RFC 5118")), (49, 12));
+}
+
+#[test]
+fn the_top_via_rewrite_changes_only_transport_and_sent_by() {
+    // wsinv's top Via is folded over three lines with LWS around every '/'.
+    let wsinv = fixture("wsinv");
+    let out = with_top_via(&wsinv, "TCP", "127.0.0.1:5");
+    let want = String::from_utf8_lossy(&wsinv).replacen(
+        "Via  : SIP  /   2.0\r\n /UDP\r\n    192.0.2.2;branch=390skdjuw",
+        "Via  : SIP  /   2.0\r\n /TCP\r\n    127.0.0.1:5;branch=390skdjuw",
+        1,
+    );
+    assert_ne!(want.as_bytes(), &wsinv[..]);
+    assert_eq!(String::from_utf8_lossy(&out), want);
+    // An IPv6 reference with a port as sent-by (RFC 5118 4.7).
+    let m = fixture("mult-ip-in-header");
+    let out = String::from_utf8_lossy(&with_top_via(&m, "UDP", "127.0.0.1:5")).into_owned();
+    let top = out.lines().find(|l| l.starts_with("Via:")).unwrap();
+    assert!(
+        top.starts_with("Via: SIP/2.0/UDP 127.0.0.1:5;branch="),
+        "{top}"
+    );
+    assert_eq!(
+        out.len(),
+        m.len() - "[2001:db8::9:1]:6050".len() + "127.0.0.1:5".len()
+    );
 }
