@@ -377,9 +377,9 @@ fn over_udp(sip_port: u16, name: &str, msg: &[u8], expect: Expect) -> Option<Str
         let (p, call_id) = probe("UDP", &local);
         sock.send_to(p.as_bytes(), ("127.0.0.1", sip_port)).unwrap();
         let next = final_response(&mut recv);
-        if !answer
+        if answer
             .as_deref()
-            .is_some_and(|r| cseq_method(r) == "REGISTER")
+            .is_none_or(|r| cseq_method(r) != "REGISTER")
             || after_drop(name, "UDP", &call_id, next).is_none()
         {
             eprintln!("dblreq/UDP: the INVITE octets were answered");
