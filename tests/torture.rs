@@ -243,7 +243,7 @@ fn check(
             "{name} ({section}) over {transport}: not a final response: {line}"
         ));
     }
-    if status == 482 && merged_with_earlier(name) {
+    if status == 482 && matches!(expect, Accepted | Either) && merged_with_earlier(name) {
         // RFC 5118's messages share From tag, Call-ID and CSeq; a later one is a merged
         // request (RFC 3261 8.2.2.2) and 482 is its due answer. It passed the parser to
         // get there (a 400 would have come first).
