@@ -5,6 +5,8 @@
 pub mod address;
 pub mod chat;
 pub mod config;
+#[cfg(test)]
+mod corpus;
 pub mod gateway;
 pub mod im;
 pub mod mapping;
