@@ -309,7 +309,7 @@ const PIDF_SEEDS: &[&str] = &[
 ];
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_jids_map_only_into_the_configured_domains(text in jid_text()) {

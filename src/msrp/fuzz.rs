@@ -174,13 +174,32 @@ fn decode_parts(parts: &[&[u8]], limits: Limits) -> (Vec<Decoded>, bool) {
                 Err(_) => return (out, true),
             }
         }
-        // What the decoder holds is bounded by its limits, not by what came in.
-        let bound = limits.max_head + limits.max_body + 2 * 1024;
-        if d.buffered() > bound.max(p.len() + limits.max_head) {
-            return (out, true);
-        }
     }
     (out, false)
+}
+
+/// Memory of the decoder: once it has taken what it can, it holds no more than one head
+/// and one chunk body (plus the last read), however the bytes came.
+fn check_decoder_memory(parts: &[&[u8]], limits: Limits) -> Result<(), String> {
+    let mut d = Decoder::new(limits);
+    for p in parts {
+        d.push(p);
+        loop {
+            match d.decode() {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => return Ok(()),
+            }
+        }
+        let bound = limits.max_head + limits.max_body + p.len() + 64;
+        if d.buffered() > bound {
+            return Err(format!(
+                "the decoder holds {} bytes (bound {bound})",
+                d.buffered()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The decoder check, for proptest and the corpus: nothing panics, the frames do not
@@ -198,6 +217,7 @@ fn check_decoder(bytes: &[u8], cuts: &[usize]) -> Result<(), String> {
         }
         parts.push(&bytes[last..]);
         let (split, split_failed) = decode_parts(&parts, limits);
+        check_decoder_memory(&parts, limits)?;
         if failed == split_failed && whole != split {
             return Err(format!(
                 "frames differ with cuts {cuts:?}:\n{whole:?}\n{split:?}"
@@ -721,7 +741,7 @@ const ISCOMPOSING_SEEDS: &[&str] = &[
 ];
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_frames_decode_the_same_however_reads_split_them(
@@ -740,7 +760,28 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn long_bodies_heads_and_garbage_stay_within_the_decoder_bound(
+        kind in 0u8..3,
+        len in 1usize..65536,
+        read in 1usize..4096,
+    ) {
+        let head = format!("MSRP big1 SEND\r\nTo-Path: {STOX}\r\nFrom-Path: {PEER}\r\nMessage-ID: big1\r\nByte-Range: 1-*/*\r\nContent-Type: text/plain\r\n\r\n");
+        let bytes: Vec<u8> = match kind {
+            0 => [head.as_bytes(), &vec![b'a'; len], b"\r\n-------big1$\r\n"].concat(),
+            1 => [b"MSRP big2 SEND\r\n".as_slice(), &b"X-Pad: 0123456789\r\n".repeat(len / 19 + 1)].concat(),
+            _ => (0..len).map(|i| (i * 7919 % 251) as u8).collect(),
+        };
+        let parts: Vec<&[u8]> = bytes.chunks(read).collect();
+        check_decoder_memory(&parts, SMALL).map_err(TestCaseError::fail)?;
+        check_decoder_memory(&parts, Limits::default()).map_err(TestCaseError::fail)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn any_sequence_of_sends_chunks_responses_reports_and_timeouts_keeps_the_invariants(

@@ -506,7 +506,7 @@ fn parse_all(texts: &[String]) -> Vec<Element> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 250, ..ProptestConfig::default() })]
 
     #[test]
     fn any_stanza_sequence_keeps_the_handlers_invariants(
