@@ -12,6 +12,8 @@ pub mod im;
 pub mod mapping;
 pub mod msrp;
 pub mod presence;
+#[cfg(test)]
+mod route_sip_fuzz;
 pub mod sip;
 pub mod store;
 pub mod xmpp;
