@@ -196,6 +196,11 @@ fn encode_user(s: &str) -> String {
     percent_encode(s, |b| is_unreserved(b) || b"&=+$,;?/".contains(&b))
 }
 
+/// RFC 3966 `telephone-subscriber` digits and separators; everything else escaped.
+fn encode_tel(s: &str) -> String {
+    percent_encode(s, |b| is_unreserved(b) || b"+&=$,/:".contains(&b))
+}
+
 /// RFC 3261 `paramchar`: param-unreserved / unreserved.
 fn encode_param(s: &str) -> String {
     percent_encode(s, |b| is_unreserved(b) || b"[]/:&+$".contains(&b))
@@ -364,7 +369,9 @@ impl SipAddress {
     /// `sip:user@host[:port][;user=phone][;gr=...]`, %-encoded per RFC 3261.
     pub fn to_uri_string(&self) -> String {
         if self.scheme == UriScheme::Tel {
-            return format!("tel:{}", self.user.as_deref().unwrap_or(""));
+            // %-encoded like a SIP user, `;` included: a number read from `tel:%3B...`
+            // must not come back out with a parameter (or a `>`) it did not have.
+            return format!("tel:{}", encode_tel(self.user.as_deref().unwrap_or("")));
         }
         let mut s = String::from(match self.scheme {
             UriScheme::Sips => "sips:",

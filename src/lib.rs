@@ -5,11 +5,15 @@
 pub mod address;
 pub mod chat;
 pub mod config;
+#[cfg(test)]
+mod corpus;
 pub mod gateway;
 pub mod im;
 pub mod mapping;
 pub mod msrp;
 pub mod presence;
+#[cfg(test)]
+mod route_sip_fuzz;
 pub mod sip;
 pub mod store;
 pub mod xmpp;

@@ -9,6 +9,8 @@
 pub mod conn;
 pub mod cpim;
 pub mod frame;
+#[cfg(test)]
+mod fuzz;
 pub mod iscomposing;
 pub mod reassembly;
 pub mod sdp;

@@ -645,3 +645,13 @@ proptest! {
         prop_assert!(now <= t0 + Duration::from_secs(40 * 40 + 120));
     }
 }
+
+/// `tests/corpus/sip/`: the seeds and every input that broke the framer or the core,
+/// through the same checks as the mutated messages.
+#[test]
+fn corpus_sip() {
+    crate::corpus::replay("sip", |b| {
+        check_bytes(b);
+        Ok(())
+    });
+}
