@@ -39,6 +39,9 @@ use super::frame::{
 };
 use super::session::{Event, Outgoing, SendError, Session};
 use super::uri::MsrpUri;
+use per_address::{AddressSlot, PerAddress};
+
+mod per_address;
 
 /// Session output held for the socket before the session is asked for more.
 const HIGH_WATER: usize = 64 * 1024;
@@ -58,6 +61,9 @@ pub struct ListenerLimits {
     /// Accepted connections open at once, routed or not (`msrp.max_connections`); one
     /// beyond is closed at once.
     pub max_connections: usize,
+    /// Of those, how many one source IP address may hold at once
+    /// (`msrp.max_connections_per_address`); one beyond is closed at once.
+    pub max_connections_per_address: usize,
     /// A connection without a complete, routable first request by then is closed
     /// (`msrp.first_request_timeout_ms`).
     pub first_request_timeout: Duration,
@@ -72,6 +78,7 @@ impl Default for ListenerLimits {
     fn default() -> ListenerLimits {
         ListenerLimits {
             max_connections: 2048,
+            max_connections_per_address: 256,
             first_request_timeout: Duration::from_secs(5),
             first_request_max_bytes: 64 * 1024,
             write_timeout: WRITE_TIMEOUT,
@@ -79,8 +86,12 @@ impl Default for ListenerLimits {
     }
 }
 
-/// One of `max_connections`, given back when the connection's task ends.
-struct Slot(Arc<AtomicUsize>);
+/// One of `max_connections`, and the place of its source address in
+/// `max_connections_per_address`; both given back when the connection's task ends.
+struct Slot {
+    count: Arc<AtomicUsize>,
+    _address: Option<AddressSlot>,
+}
 
 impl Slot {
     fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
@@ -89,13 +100,32 @@ impl Slot {
                 (n < max).then_some(n + 1)
             })
             .ok()
-            .map(|_| Slot(count.clone()))
+            .map(|_| Slot {
+                count: count.clone(),
+                _address: None,
+            })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How often a refusal is logged at warn; between, at debug (an attacker must not fill
+/// the log).
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs a connection turned away by the cap `key`: a warning at most every
+/// [`REFUSAL_WARN_EVERY`], debug otherwise.
+fn log_refusal(warned: &mut Option<Instant>, key: &str, max: usize, peer: SocketAddr) {
+    let now = Instant::now();
+    if warned.is_none_or(|t| now.duration_since(t) >= REFUSAL_WARN_EVERY) {
+        *warned = Some(now);
+        tracing::warn!(%peer, max, "MSRP connection refused: {key} reached (further refusals are logged at debug for a while).");
+    } else {
+        tracing::debug!(%peer, max, "MSRP connection refused: {key} reached.");
     }
 }
 
@@ -511,14 +541,24 @@ async fn accept_loop(
     limits: ListenerLimits,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
+    let per_address = PerAddress::new(limits.max_connections_per_address);
+    let (mut warned_total, mut warned_address) = (None, None);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let Some(slot) = Slot::take(&open, limits.max_connections) else {
-                    // Dropped unread: closed at once, nothing allocated for it.
-                    tracing::debug!(%peer, max = limits.max_connections, "MSRP connection refused: msrp.max_connections reached.");
+                // Dropped unread when refused: closed at once, nothing allocated for it.
+                let Some(mut slot) = Slot::take(&open, limits.max_connections) else {
+                    let max = limits.max_connections;
+                    log_refusal(&mut warned_total, "msrp.max_connections", max, peer);
                     continue;
                 };
+                let Some(address) = per_address.acquire(peer.ip()) else {
+                    let max = limits.max_connections_per_address;
+                    let key = "msrp.max_connections_per_address";
+                    log_refusal(&mut warned_address, key, max, peer);
+                    continue;
+                };
+                slot._address = Some(address);
                 let _ = stream.set_nodelay(true);
                 let registry = registry.clone();
                 let tls = tls.clone();

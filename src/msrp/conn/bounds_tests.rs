@@ -212,3 +212,58 @@ async fn a_peer_that_does_not_read_is_stopped_and_then_timed_out() {
         .expect("the connection ended after the write timeout")
         .unwrap();
 }
+
+/// A TCP connection to `port` from `ip` (any port).
+async fn connect_from(ip: &str, port: u16) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    s.connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn one_address_beyond_max_connections_per_address_is_closed_at_once_and_others_get_in() {
+    let limits = ListenerLimits {
+        max_connections_per_address: 2,
+        first_request_timeout: Duration::from_secs(600),
+        ..ListenerLimits::default()
+    };
+    let (l, port) = listener(limits).await;
+    let mut held = vec![
+        connect_from("127.0.0.1", port).await,
+        connect_from("127.0.0.1", port).await,
+    ];
+    for _ in 0..3 {
+        let mut extra = connect_from("127.0.0.1", port).await;
+        assert!(until_closed(&mut extra).await.is_empty());
+    }
+    // Another address is counted apart: its connection is routed.
+    let me = uri(&format!("msrp://127.0.0.1:{port}/0th3r4ddr;tcp"));
+    let pending = l
+        .expect(Session::new(me, vec![uri(PEER)], Config::default()))
+        .unwrap();
+    let mut other = connect_from("127.0.0.2", port).await;
+    other
+        .write_all(send_to(port, "0th3r4ddr", "t0th3r", "hi").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = other.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"MSRP t0th3r 200 OK"));
+    let _bound = pending.connected().await.unwrap();
+    // A closed one gives its address's place back.
+    drop(held.pop());
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut s = connect_from("127.0.0.1", port).await;
+            let open = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
+            // Still open after a while (no EOF): it was accepted and waits.
+            if open.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("a place for 127.0.0.1 again");
+}
