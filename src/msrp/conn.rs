@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -51,6 +51,11 @@ const EVENT_BACKLOG: usize = 64;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a TLS handshake may take, either way.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections the kernel queues for accept (capped by net.core.somaxconn). The default of
+/// `TcpListener::bind`, 128, overflowed under a burst of a few hundred connections while
+/// the accept loop refused others: every dropped SYN cost a legitimate peer a 1 s
+/// retransmission (measured in tests/msrp_bounds.rs).
+const LISTEN_BACKLOG: u32 = 1024;
 /// The most read from the socket at once (into a buffer on the stack).
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -491,7 +496,14 @@ impl MsrpListener {
         tls: Option<TlsAcceptor>,
         limits: ListenerLimits,
     ) -> io::Result<MsrpListener> {
-        let listener = TcpListener::bind(addr).await?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
         let addr = listener.local_addr()?;
         let registry = Arc::new(Mutex::new(Registry::default()));
         let task = tokio::spawn(accept_loop(listener, tls, registry.clone(), limits));
