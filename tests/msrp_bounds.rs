@@ -47,6 +47,15 @@ fn rss_kb(pid: u32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
+/// User plus system CPU time of `pid`, in clock ticks (/proc/PID/stat fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name may hold spaces; the fields after it do not.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
 fn header<'a>(msg: &'a str, name: &str) -> &'a str {
     msg.lines()
         .find_map(|l| {
@@ -398,6 +407,39 @@ fn the_msrp_listener_holds_a_few_mb_against_garbage_idle_floods_and_huge_announc
     )
     .unwrap();
     juliet.expect_stanza(&["again", &again_thread], SECS30);
+
+    // (e) 64 MB of garbage on a bound session: a SEND whose body never ends. The decoder
+    // holds at most a body's bound of it and drops the rest while it looks for the
+    // end-line; or stox closes the connection. Either way RSS stays near idle.
+    let cpu_before = cpu_ticks(pid);
+    let t = Instant::now();
+    c.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut written = 0usize;
+    let mut refused = c
+        .write_all(
+            format!(
+                "MSRP g4rb4g3 SEND\r\nTo-Path: {}\r\nFrom-Path: {again}\r\n\
+                 Message-ID: g4rbm\r\nByte-Range: 1-*/*\r\nContent-Type: text/plain\r\n\r\n",
+                again_path[0]
+            )
+            .as_bytes(),
+        )
+        .is_err();
+    while !refused && written < 64 << 20 {
+        refused = c.write_all(&junk).is_err();
+        written += junk.len();
+        if written % (8 << 20) == 0 {
+            within_margin(&format!("{} MB of an endless body", written >> 20));
+        }
+    }
+    let ticks = cpu_ticks(pid) - cpu_before;
+    eprintln!(
+        "measured: endless body on a bound session: {written} bytes taken in {:?}, {ticks} CPU ticks of stox (1/100 s); closed early: {refused}",
+        t.elapsed()
+    );
+    within_margin("64 MB of an endless body on a bound session");
+    drop(c);
+    round_trip(&rt, &mut live, &mut juliet, &thread, "endless-body");
     assert!(
         !juliet
             .stanzas_seen()
