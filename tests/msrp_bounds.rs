@@ -428,7 +428,7 @@ fn the_msrp_listener_holds_a_few_mb_against_garbage_idle_floods_and_huge_announc
     while !refused && written < 64 << 20 {
         refused = c.write_all(&junk).is_err();
         written += junk.len();
-        if written % (8 << 20) == 0 {
+        if written.is_multiple_of(8 << 20) {
             within_margin(&format!("{} MB of an endless body", written >> 20));
         }
     }
