@@ -56,6 +56,24 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
+/// Bytes received by the kernel for stox's established sockets on local `port` that stox
+/// has not read yet (the rx_queue column of /proc/net/tcp).
+fn unread_at(port: u16) -> u64 {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    tcp.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            // 01: ESTABLISHED.
+            if local_port != port || *f.get(3)? != "01" {
+                return None;
+            }
+            u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()
+        })
+        .sum()
+}
+
 fn header<'a>(msg: &'a str, name: &str) -> &'a str {
     msg.lines()
         .find_map(|l| {
@@ -392,6 +410,45 @@ fn the_msrp_listener_holds_a_few_mb_against_garbage_idle_floods_and_huge_announc
     );
     within_margin("a thousand idle connections");
     round_trip(&rt, &mut live, &mut juliet, &thread, "idle-flood");
+
+    // (b2) Connections that are not idle: each sends just under the first request's byte
+    // bound (a head naming nobody, a body that does not end) and holds. Every slot filled
+    // like this must still cost stox only a few MB in all.
+    let mut full = Vec::new();
+    let body = vec![b'f'; 60 * 1024];
+    for i in 0..MAX_CONNECTIONS - 2 {
+        let mut f = connect_from(&format!("127.0.2.{}", 1 + i % 49), msrp);
+        f.set_write_timeout(Some(SECS30)).unwrap();
+        let head = format!(
+            "MSRP f{i}tid SEND\r\nTo-Path: msrp://{msrp}/n0b0dy;tcp\r\nFrom-Path: {raw_me}\r\n\
+             Message-ID: f{i}mid\r\nByte-Range: 1-*/*\r\nContent-Type: text/plain\r\n\r\n"
+        );
+        // stox may close it early: that is fine, the write then fails.
+        let _ = f
+            .write_all(head.as_bytes())
+            .and_then(|_| f.write_all(&body));
+        full.push(f);
+    }
+    // Measure once stox has read what it will: nothing waits unread on its side.
+    eventually(
+        SECS30,
+        "stox to read what the filled connections sent",
+        || unread_at(msrp.port()) == 0,
+    );
+    within_margin("every slot filled with a first request just under 64 KiB");
+    for (i, f) in full.iter_mut().enumerate() {
+        assert!(
+            closed_within(f, SECS30),
+            "filled connection {i} is still open"
+        );
+    }
+    drop(full);
+    eventually(
+        SECS30,
+        "stox's descriptors back to their idle count",
+        || stox.open_fds() <= idle_fds,
+    );
+    round_trip(&rt, &mut live, &mut juliet, &thread, "filled-slots");
 
     // New connections are served again: a third session gets in.
     let again = MsrpUri::new("127.0.0.1", 9, "r0me0ag41n");

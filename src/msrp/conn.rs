@@ -75,6 +75,11 @@ pub struct ListenerLimits {
     /// Bytes read before the first request: past them, a connection is closed unless the
     /// head of its first request names a session that waits (a long first chunk).
     pub first_request_max_bytes: usize,
+    /// What all connections not yet bound to a session may hold together (each byte read
+    /// counts twice: it is kept for the session and buffered by the decoder). A read
+    /// beyond it closes the connection that made it: without this, `max_connections`
+    /// first requests of 64 KiB each would hold 2048 x 128 KiB.
+    pub unrouted_max_bytes: usize,
     /// A write without progress for this long closes the connection.
     pub write_timeout: Duration,
 }
@@ -86,6 +91,7 @@ impl Default for ListenerLimits {
             max_connections_per_address: 256,
             first_request_timeout: Duration::from_secs(5),
             first_request_max_bytes: 64 * 1024,
+            unrouted_max_bytes: 2 * 1024 * 1024,
             write_timeout: WRITE_TIMEOUT,
         }
     }
@@ -159,6 +165,8 @@ pub enum ConnError {
     FirstRequestTimeout(Duration),
     #[error("more than {0} bytes before a routable first request")]
     FirstRequestTooLarge(usize),
+    #[error("the {0} bytes for connections not yet bound to a session are taken")]
+    UnroutedBudget(usize),
 }
 
 /// Boxed payloads: the channel allocates 32 slots of this when a connection starts.
@@ -553,6 +561,7 @@ async fn accept_loop(
     limits: ListenerLimits,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
+    let unrouted = Arc::new(AtomicUsize::new(0));
     let per_address = PerAddress::new(limits.max_connections_per_address);
     let (mut warned_total, mut warned_address) = (None, None);
     loop {
@@ -574,14 +583,15 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let registry = registry.clone();
                 let tls = tls.clone();
+                let charge = Charge::new(&unrouted);
                 tokio::spawn(async move {
                     let r = match tls {
-                        None => route(stream, registry, limits, slot).await,
+                        None => route(stream, registry, limits, slot, charge).await,
                         Some(acceptor) => {
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                                 .await
                             {
-                                Ok(Ok(s)) => route(s, registry, limits, slot).await,
+                                Ok(Ok(s)) => route(s, registry, limits, slot, charge).await,
                                 Ok(Err(e)) => Err(ConnError::Io(e)),
                                 Err(_) => Err(ConnError::HandshakeTimeout),
                             }
@@ -600,20 +610,58 @@ async fn accept_loop(
     }
 }
 
+/// One unrouted connection's share of `unrouted_max_bytes`, given back when dropped (the
+/// connection is bound to its session, refused or closed).
+struct Charge {
+    total: Arc<AtomicUsize>,
+    mine: usize,
+}
+
+impl Charge {
+    fn new(total: &Arc<AtomicUsize>) -> Charge {
+        Charge {
+            total: total.clone(),
+            mine: 0,
+        }
+    }
+
+    /// Takes `n` more bytes, or none when that would pass `max` in all.
+    fn take(&mut self, n: usize, max: usize) -> bool {
+        let ok = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                t.checked_add(n).filter(|&t| t <= max)
+            })
+            .is_ok();
+        if ok {
+            self.mine += n;
+        }
+        ok
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.mine, Ordering::AcqRel);
+    }
+}
+
 /// How the first request came: complete, or (a long first chunk) only its head.
 enum First {
     Complete(Decoded),
     Head(Headers),
 }
 
-/// Reads up to the first request and hands the connection to the session it names. A
-/// connection that sends no complete request in time, or more than the byte bound before
-/// one (unless the head read so far names a session that waits), is closed.
+/// Reads up to the first request and hands the connection to the session it names, as
+/// soon as its head does (a long first chunk goes on in the session, under its budgets).
+/// A connection that sends no complete request in time, more than the byte bound before
+/// one, or a byte beyond what all unrouted connections may hold, is closed.
 async fn route<S: Stream>(
     mut stream: S,
     registry: Arc<Mutex<Registry>>,
     limits: ListenerLimits,
     slot: Slot,
+    mut charge: Charge,
 ) -> Result<(), ConnError> {
     let mut decoder = Decoder::new(Limits::default());
     // What is handed on to the session; nothing is allocated before bytes come.
@@ -625,21 +673,26 @@ async fn route<S: Stream>(
             if n == 0 {
                 return Err(ConnError::Closed);
             }
+            // Kept in `seen` and in the decoder's buffer.
+            if !charge.take(2 * n, limits.unrouted_max_bytes) {
+                return Err(ConnError::UnroutedBudget(limits.unrouted_max_bytes));
+            }
             decoder.push(&seen[seen.len() - n..]);
             match decoder.decode() {
                 Ok(Some(d)) => return Ok(First::Complete(d)),
-                Ok(None) if seen.len() >= max => {
+                Ok(None) => {
                     let routable = decoder.pending_request_headers().filter(|h| {
                         first_session_id(h).is_some_and(|id| {
                             registry.lock().is_ok_and(|r| r.expected.contains_key(&id))
                         })
                     });
-                    return match routable {
-                        Some(h) => Ok(First::Head(h.clone())),
-                        None => Err(ConnError::FirstRequestTooLarge(max)),
-                    };
+                    if let Some(h) = routable {
+                        return Ok(First::Head(h.clone()));
+                    }
+                    if seen.len() >= max {
+                        return Err(ConnError::FirstRequestTooLarge(max));
+                    }
                 }
-                Ok(None) => continue,
                 Err(_) => return Err(ConnError::Closed),
             }
         }
