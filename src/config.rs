@@ -248,6 +248,9 @@ pub struct MsrpConfig {
     /// Accepted MSRP connections open at once (both listeners each), bound to a session or
     /// not; one beyond is closed at once.
     pub max_connections: usize,
+    /// Of those, how many one source IP address may hold at once (per listener); one
+    /// beyond is closed at once.
+    pub max_connections_per_address: usize,
     /// An accepted connection without a complete, routable first request by then is
     /// closed.
     pub first_request_timeout_ms: u64,
@@ -261,6 +264,7 @@ impl Default for MsrpConfig {
             tls_listen: None,
             prefer_tls: false,
             max_connections: 2048,
+            max_connections_per_address: 256,
             first_request_timeout_ms: 5_000,
         }
     }
@@ -382,6 +386,7 @@ struct RawMsrp {
     #[serde(default)]
     prefer_tls: bool,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     first_request_timeout_ms: Option<u64>,
 }
 
@@ -987,6 +992,15 @@ fn validate_msrp(raw: RawMsrp, have_tls: bool) -> Result<MsrpConfig, ConfigError
             "must be between 1 and 1000000",
         ));
     }
+    let max_connections_per_address = raw
+        .max_connections_per_address
+        .unwrap_or(d.max_connections_per_address);
+    if !(1..=1_000_000).contains(&max_connections_per_address) {
+        return Err(ConfigError::new(
+            "msrp.max_connections_per_address",
+            "must be between 1 and 1000000",
+        ));
+    }
     let first_request_timeout_ms = raw
         .first_request_timeout_ms
         .unwrap_or(d.first_request_timeout_ms);
@@ -1002,6 +1016,7 @@ fn validate_msrp(raw: RawMsrp, have_tls: bool) -> Result<MsrpConfig, ConfigError
         tls_listen,
         prefer_tls: raw.prefer_tls,
         max_connections,
+        max_connections_per_address,
         first_request_timeout_ms,
     })
 }
@@ -1522,15 +1537,21 @@ domains = ["example.com"]
         let base = "[xmpp]\njid = \"sip.example.com\"\nserver = \"127.0.0.1:5347\"\nsecret = \"s\"\ndomains = [\"example.com\"]\n";
         let c = Config::parse(base).unwrap();
         assert_eq!(c.msrp.max_connections, 2048);
+        assert_eq!(c.msrp.max_connections_per_address, 256);
         assert_eq!(c.msrp.first_request_timeout_ms, 5000);
         let c = Config::parse(&format!(
-            "{base}[msrp]\nmax_connections = 16\nfirst_request_timeout_ms = 1500\n"
+            "{base}[msrp]\nmax_connections = 16\nmax_connections_per_address = 4\nfirst_request_timeout_ms = 1500\n"
         ))
         .unwrap();
         assert_eq!(c.msrp.max_connections, 16);
+        assert_eq!(c.msrp.max_connections_per_address, 4);
         assert_eq!(c.msrp.first_request_timeout_ms, 1500);
         for (bad, key) in [
             ("max_connections = 0", "msrp.max_connections: "),
+            (
+                "max_connections_per_address = 0",
+                "msrp.max_connections_per_address: ",
+            ),
             (
                 "first_request_timeout_ms = 10",
                 "msrp.first_request_timeout_ms: ",

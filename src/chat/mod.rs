@@ -151,6 +151,7 @@ pub async fn start(
     };
     let limits = conn::ListenerLimits {
         max_connections: config.msrp.max_connections,
+        max_connections_per_address: config.msrp.max_connections_per_address,
         first_request_timeout: Duration::from_millis(config.msrp.first_request_timeout_ms),
         ..conn::ListenerLimits::default()
     };

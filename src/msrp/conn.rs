@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -39,6 +39,9 @@ use super::frame::{
 };
 use super::session::{Event, Outgoing, SendError, Session};
 use super::uri::MsrpUri;
+use per_address::{AddressSlot, PerAddress};
+
+mod per_address;
 
 /// Session output held for the socket before the session is asked for more.
 const HIGH_WATER: usize = 64 * 1024;
@@ -48,6 +51,11 @@ const EVENT_BACKLOG: usize = 64;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a TLS handshake may take, either way.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections the kernel queues for accept (capped by net.core.somaxconn). The default of
+/// `TcpListener::bind`, 128, overflowed under a burst of a few hundred connections while
+/// the accept loop refused others: every dropped SYN cost a legitimate peer a 1 s
+/// retransmission (measured in tests/msrp_bounds.rs).
+const LISTEN_BACKLOG: u32 = 1024;
 /// The most read from the socket at once (into a buffer on the stack).
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -58,12 +66,20 @@ pub struct ListenerLimits {
     /// Accepted connections open at once, routed or not (`msrp.max_connections`); one
     /// beyond is closed at once.
     pub max_connections: usize,
+    /// Of those, how many one source IP address may hold at once
+    /// (`msrp.max_connections_per_address`); one beyond is closed at once.
+    pub max_connections_per_address: usize,
     /// A connection without a complete, routable first request by then is closed
     /// (`msrp.first_request_timeout_ms`).
     pub first_request_timeout: Duration,
     /// Bytes read before the first request: past them, a connection is closed unless the
     /// head of its first request names a session that waits (a long first chunk).
     pub first_request_max_bytes: usize,
+    /// What all connections not yet bound to a session may hold together (each byte read
+    /// counts twice: it is kept for the session and buffered by the decoder). A read
+    /// beyond it closes the connection that made it: without this, `max_connections`
+    /// first requests of 64 KiB each would hold 2048 x 128 KiB.
+    pub unrouted_max_bytes: usize,
     /// A write without progress for this long closes the connection.
     pub write_timeout: Duration,
 }
@@ -72,15 +88,21 @@ impl Default for ListenerLimits {
     fn default() -> ListenerLimits {
         ListenerLimits {
             max_connections: 2048,
+            max_connections_per_address: 256,
             first_request_timeout: Duration::from_secs(5),
             first_request_max_bytes: 64 * 1024,
+            unrouted_max_bytes: 2 * 1024 * 1024,
             write_timeout: WRITE_TIMEOUT,
         }
     }
 }
 
-/// One of `max_connections`, given back when the connection's task ends.
-struct Slot(Arc<AtomicUsize>);
+/// One of `max_connections`, and the place of its source address in
+/// `max_connections_per_address`; both given back when the connection's task ends.
+struct Slot {
+    count: Arc<AtomicUsize>,
+    _address: Option<AddressSlot>,
+}
 
 impl Slot {
     fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
@@ -89,13 +111,32 @@ impl Slot {
                 (n < max).then_some(n + 1)
             })
             .ok()
-            .map(|_| Slot(count.clone()))
+            .map(|_| Slot {
+                count: count.clone(),
+                _address: None,
+            })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How often a refusal is logged at warn; between, at debug (an attacker must not fill
+/// the log).
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs a connection turned away by the cap `key`: a warning at most every
+/// [`REFUSAL_WARN_EVERY`], debug otherwise.
+fn log_refusal(warned: &mut Option<Instant>, key: &str, max: usize, peer: SocketAddr) {
+    let now = Instant::now();
+    if warned.is_none_or(|t| now.duration_since(t) >= REFUSAL_WARN_EVERY) {
+        *warned = Some(now);
+        tracing::warn!(%peer, max, "MSRP connection refused: {key} reached (further refusals are logged at debug for a while).");
+    } else {
+        tracing::debug!(%peer, max, "MSRP connection refused: {key} reached.");
     }
 }
 
@@ -124,6 +165,8 @@ pub enum ConnError {
     FirstRequestTimeout(Duration),
     #[error("more than {0} bytes before a routable first request")]
     FirstRequestTooLarge(usize),
+    #[error("the {0} bytes for connections not yet bound to a session are taken")]
+    UnroutedBudget(usize),
 }
 
 /// Boxed payloads: the channel allocates 32 slots of this when a connection starts.
@@ -461,7 +504,14 @@ impl MsrpListener {
         tls: Option<TlsAcceptor>,
         limits: ListenerLimits,
     ) -> io::Result<MsrpListener> {
-        let listener = TcpListener::bind(addr).await?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
         let addr = listener.local_addr()?;
         let registry = Arc::new(Mutex::new(Registry::default()));
         let task = tokio::spawn(accept_loop(listener, tls, registry.clone(), limits));
@@ -511,25 +561,37 @@ async fn accept_loop(
     limits: ListenerLimits,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
+    let unrouted = Arc::new(AtomicUsize::new(0));
+    let per_address = PerAddress::new(limits.max_connections_per_address);
+    let (mut warned_total, mut warned_address) = (None, None);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let Some(slot) = Slot::take(&open, limits.max_connections) else {
-                    // Dropped unread: closed at once, nothing allocated for it.
-                    tracing::debug!(%peer, max = limits.max_connections, "MSRP connection refused: msrp.max_connections reached.");
+                // Dropped unread when refused: closed at once, nothing allocated for it.
+                let Some(mut slot) = Slot::take(&open, limits.max_connections) else {
+                    let max = limits.max_connections;
+                    log_refusal(&mut warned_total, "msrp.max_connections", max, peer);
                     continue;
                 };
+                let Some(address) = per_address.acquire(peer.ip()) else {
+                    let max = limits.max_connections_per_address;
+                    let key = "msrp.max_connections_per_address";
+                    log_refusal(&mut warned_address, key, max, peer);
+                    continue;
+                };
+                slot._address = Some(address);
                 let _ = stream.set_nodelay(true);
                 let registry = registry.clone();
                 let tls = tls.clone();
+                let charge = Charge::new(&unrouted);
                 tokio::spawn(async move {
                     let r = match tls {
-                        None => route(stream, registry, limits, slot).await,
+                        None => route(stream, registry, limits, slot, charge).await,
                         Some(acceptor) => {
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                                 .await
                             {
-                                Ok(Ok(s)) => route(s, registry, limits, slot).await,
+                                Ok(Ok(s)) => route(s, registry, limits, slot, charge).await,
                                 Ok(Err(e)) => Err(ConnError::Io(e)),
                                 Err(_) => Err(ConnError::HandshakeTimeout),
                             }
@@ -548,20 +610,58 @@ async fn accept_loop(
     }
 }
 
+/// One unrouted connection's share of `unrouted_max_bytes`, given back when dropped (the
+/// connection is bound to its session, refused or closed).
+struct Charge {
+    total: Arc<AtomicUsize>,
+    mine: usize,
+}
+
+impl Charge {
+    fn new(total: &Arc<AtomicUsize>) -> Charge {
+        Charge {
+            total: total.clone(),
+            mine: 0,
+        }
+    }
+
+    /// Takes `n` more bytes, or none when that would pass `max` in all.
+    fn take(&mut self, n: usize, max: usize) -> bool {
+        let ok = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                t.checked_add(n).filter(|&t| t <= max)
+            })
+            .is_ok();
+        if ok {
+            self.mine += n;
+        }
+        ok
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.mine, Ordering::AcqRel);
+    }
+}
+
 /// How the first request came: complete, or (a long first chunk) only its head.
 enum First {
     Complete(Decoded),
     Head(Headers),
 }
 
-/// Reads up to the first request and hands the connection to the session it names. A
-/// connection that sends no complete request in time, or more than the byte bound before
-/// one (unless the head read so far names a session that waits), is closed.
+/// Reads up to the first request and hands the connection to the session it names, as
+/// soon as its head does (a long first chunk goes on in the session, under its budgets).
+/// A connection that sends no complete request in time, more than the byte bound before
+/// one, or a byte beyond what all unrouted connections may hold, is closed.
 async fn route<S: Stream>(
     mut stream: S,
     registry: Arc<Mutex<Registry>>,
     limits: ListenerLimits,
     slot: Slot,
+    mut charge: Charge,
 ) -> Result<(), ConnError> {
     let mut decoder = Decoder::new(Limits::default());
     // What is handed on to the session; nothing is allocated before bytes come.
@@ -573,21 +673,26 @@ async fn route<S: Stream>(
             if n == 0 {
                 return Err(ConnError::Closed);
             }
+            // Kept in `seen` and in the decoder's buffer.
+            if !charge.take(2 * n, limits.unrouted_max_bytes) {
+                return Err(ConnError::UnroutedBudget(limits.unrouted_max_bytes));
+            }
             decoder.push(&seen[seen.len() - n..]);
             match decoder.decode() {
                 Ok(Some(d)) => return Ok(First::Complete(d)),
-                Ok(None) if seen.len() >= max => {
+                Ok(None) => {
                     let routable = decoder.pending_request_headers().filter(|h| {
                         first_session_id(h).is_some_and(|id| {
                             registry.lock().is_ok_and(|r| r.expected.contains_key(&id))
                         })
                     });
-                    return match routable {
-                        Some(h) => Ok(First::Head(h.clone())),
-                        None => Err(ConnError::FirstRequestTooLarge(max)),
-                    };
+                    if let Some(h) = routable {
+                        return Ok(First::Head(h.clone()));
+                    }
+                    if seen.len() >= max {
+                        return Err(ConnError::FirstRequestTooLarge(max));
+                    }
                 }
-                Ok(None) => continue,
                 Err(_) => return Err(ConnError::Closed),
             }
         }

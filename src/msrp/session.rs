@@ -900,7 +900,11 @@ impl Session {
             return;
         }
         if !self.incoming.contains_key(&id) {
-            if self.incoming.len() >= self.config.max_incomplete {
+            // A message whole in this one chunk is handed on at once, never held: the peer's
+            // half-sent messages do not stop its short ones.
+            let whole =
+                start == 0 && req.flag == Flag::End && range.total.is_none_or(|t| t == end as u64);
+            if self.incoming.len() >= self.config.max_incomplete && !whole {
                 return self.refuse(&id, &req.tid, &req.headers);
             }
             self.incoming.insert(

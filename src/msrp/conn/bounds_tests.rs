@@ -212,3 +212,157 @@ async fn a_peer_that_does_not_read_is_stopped_and_then_timed_out() {
         .expect("the connection ended after the write timeout")
         .unwrap();
 }
+
+/// A TCP connection to `port` from `ip` (any port).
+async fn connect_from(ip: &str, port: u16) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    s.connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn one_address_beyond_max_connections_per_address_is_closed_at_once_and_others_get_in() {
+    let limits = ListenerLimits {
+        max_connections_per_address: 2,
+        first_request_timeout: Duration::from_secs(600),
+        ..ListenerLimits::default()
+    };
+    let (l, port) = listener(limits).await;
+    let mut held = vec![
+        connect_from("127.0.0.1", port).await,
+        connect_from("127.0.0.1", port).await,
+    ];
+    for _ in 0..3 {
+        let mut extra = connect_from("127.0.0.1", port).await;
+        assert!(until_closed(&mut extra).await.is_empty());
+    }
+    // Another address is counted apart: its connection is routed.
+    let me = uri(&format!("msrp://127.0.0.1:{port}/0th3r4ddr;tcp"));
+    let pending = l
+        .expect(Session::new(me, vec![uri(PEER)], Config::default()))
+        .unwrap();
+    let mut other = connect_from("127.0.0.2", port).await;
+    other
+        .write_all(send_to(port, "0th3r4ddr", "t0th3r", "hi").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = other.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"MSRP t0th3r 200 OK"));
+    let _bound = pending.connected().await.unwrap();
+    // A closed one gives its address's place back.
+    drop(held.pop());
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut s = connect_from("127.0.0.1", port).await;
+            let open = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
+            // Still open after a while (no EOF): it was accepted and waits.
+            if open.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("a place for 127.0.0.1 again");
+}
+
+/// A SEND head for a session nobody expects and `n` bytes of a body that does not end.
+fn unended(port: u16, tid: &str, n: usize) -> Vec<u8> {
+    let mut v = format!(
+        "MSRP {tid} SEND\r\nTo-Path: msrp://127.0.0.1:{port}/n0b0dy;tcp\r\nFrom-Path: {PEER}\r\n\
+         Message-ID: {tid}m\r\nByte-Range: 1-*/*\r\nContent-Type: text/plain\r\n\r\n"
+    )
+    .into_bytes();
+    v.resize(v.len() + n, b'u');
+    v
+}
+
+#[tokio::test]
+async fn unrouted_connections_together_hold_at_most_their_budget() {
+    let limits = ListenerLimits {
+        unrouted_max_bytes: 64 * 1024,
+        first_request_timeout: Duration::from_secs(600),
+        ..ListenerLimits::default()
+    };
+    let (l, port) = listener(limits).await;
+    // 20 KiB held twice (kept for the session, buffered by the decoder): 40 of the 64 KiB.
+    let mut first = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    first
+        .write_all(&unended(port, "f1rst", 20 * 1024))
+        .await
+        .unwrap();
+    // The second would take the total past 64 KiB: it is closed, the first is not.
+    let mut second = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = second.write_all(&unended(port, "s3cond", 20 * 1024)).await;
+    assert!(until_closed(&mut second).await.is_empty());
+    let mut buf = [0u8; 16];
+    let open = tokio::time::timeout(Duration::from_millis(300), first.read(&mut buf)).await;
+    assert!(open.is_err(), "the first connection was closed too");
+    // A session's small first request fits in what is left.
+    let me = uri(&format!("msrp://127.0.0.1:{port}/budg3t0k;tcp"));
+    let pending = l
+        .expect(Session::new(me, vec![uri(PEER)], Config::default()))
+        .unwrap();
+    let mut ok = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    ok.write_all(send_to(port, "budg3t0k", "tbudg3t", "hi").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = ok.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"MSRP tbudg3t 200 OK"));
+    let _bound = pending.connected().await.unwrap();
+    // The first one's bytes come back when it closes: another 40 KiB then fits.
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let _ = s.write_all(&unended(port, "th1rd", 20 * 1024)).await;
+            let open = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await;
+            if open.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the budget given back");
+}
+
+#[tokio::test]
+async fn a_head_naming_a_waiting_session_routes_the_connection_before_the_body_ends() {
+    let (l, port) = listener(ListenerLimits::default()).await;
+    let me = uri(&format!("msrp://127.0.0.1:{port}/h34dr0ut;tcp"));
+    let pending = l
+        .expect(Session::new(me, vec![uri(PEER)], Config::default()))
+        .unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // The head and 1 KiB of a chunk that has not ended: far below the 64 KiB bound.
+    let mut v = format!(
+        "MSRP th34d SEND\r\nTo-Path: msrp://127.0.0.1:{port}/h34dr0ut;tcp\r\nFrom-Path: {PEER}\r\n\
+         Message-ID: mh34d\r\nByte-Range: 1-2048/2048\r\nContent-Type: text/plain\r\n\r\n"
+    )
+    .into_bytes();
+    v.resize(v.len() + 1024, b'a');
+    s.write_all(&v).await.unwrap();
+    let mut h = tokio::time::timeout(Duration::from_secs(10), pending.connected())
+        .await
+        .expect("routed on the head")
+        .unwrap();
+    // The rest of the chunk reaches the session: the message is whole.
+    let mut rest = vec![b'a'; 1024];
+    rest.extend_from_slice(b"\r\n-------th34d$\r\n");
+    s.write_all(&rest).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match h.next_event().await {
+                Some(Event::Message(m)) => return m,
+                Some(_) => continue,
+                None => panic!("closed"),
+            }
+        }
+    })
+    .await
+    .expect("the message");
+    assert_eq!(m.body.len(), 2048);
+}

@@ -71,6 +71,11 @@ fn sixteen_one_byte_chunks_announcing_a_mebibyte_each_hold_sixteen_bytes() {
     // A seventeenth message is beyond max_incomplete.
     b.handle_data(now, &chunk("t0016x", "m0016x", total, "*", b"z", '+'));
     assert_eq!(drain_codes(&mut b, now), vec![413]);
+    // A message whole in one chunk is never held: it still goes through, and the table
+    // stays at sixteen.
+    b.handle_data(now, &chunk("t0017w", "m0017w", 1, "5", b"short", '$'));
+    assert_eq!(drain_codes(&mut b, now), vec![200]);
+    assert_eq!(b.incoming.len(), 16);
 }
 
 #[test]
