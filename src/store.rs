@@ -4,6 +4,10 @@
 //! WAL journal with `synchronous=NORMAL`: every committed write survives a crash of the
 //! process (kill -9), and a write is either all there or not at all. Callers write before
 //! they act (write-ahead), so after a restart the store says what to refresh.
+//!
+//! SQLite blocks (a write waits for the disk, a busy lock up to 5 s): [`StoreThread`] runs
+//! the store on a thread of its own, so the tokio worker never waits on it. Callers hand
+//! it a batch of [`Op`]s and await the commit; a batch is one transaction.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -21,6 +25,15 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("store: the file was written by a newer stox (schema {0})")]
     Schema(i64),
+    #[error("store: the store thread has stopped")]
+    Stopped,
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put(Row),
+    Delete(String),
 }
 
 /// One stored row.
@@ -112,6 +125,34 @@ impl Store {
         Ok(())
     }
 
+    /// Applies `ops` in order as one transaction: all of them or none.
+    pub fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for op in ops {
+            match op {
+                Op::Put(row) => {
+                    tx.execute(
+                        "INSERT INTO subscriptions (id, kind, local_jid, remote, data, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT(id) DO UPDATE SET kind = ?2, local_jid = ?3, remote = ?4,
+                             data = ?5, updated_at = ?6",
+                        params![row.id, row.kind, row.local_jid, row.remote, row.data, now],
+                    )?;
+                }
+                Op::Delete(id) => {
+                    tx.execute("DELETE FROM subscriptions WHERE id = ?1", params![id])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
         Ok(self
             .conn()
@@ -129,6 +170,44 @@ impl Store {
             conn.prepare("SELECT id, kind, local_jid, remote, data FROM subscriptions")?;
         let rows = stmt.query_map([], row_of)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+type Job = (
+    Vec<Op>,
+    tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+);
+
+/// The store on a thread of its own; cheap to clone. Batches are applied in the order they
+/// were handed over.
+#[derive(Clone)]
+pub struct StoreThread {
+    tx: std::sync::mpsc::Sender<Job>,
+}
+
+impl StoreThread {
+    /// Moves `store` to a new thread `stox-store`; it ends when the last handle is dropped.
+    pub fn spawn(store: Store) -> std::io::Result<StoreThread> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("stox-store".into())
+            .spawn(move || {
+                while let Ok((ops, done)) = rx.recv() {
+                    let _ = done.send(store.apply(&ops));
+                }
+            })?;
+        Ok(StoreThread { tx })
+    }
+
+    /// Applies `ops` as one transaction on the store thread and waits for the commit
+    /// without blocking the runtime.
+    pub async fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.tx.send((ops, done)).map_err(|_| StoreError::Stopped)?;
+        result.await.map_err(|_| StoreError::Stopped)?
     }
 }
 
@@ -166,6 +245,47 @@ mod tests {
         assert_eq!(s.all().unwrap().len(), 2);
         s.delete("a").unwrap();
         assert_eq!(s.get("a").unwrap(), None);
+    }
+
+    #[test]
+    fn a_batch_is_one_transaction() {
+        let s = Store::open_in_memory().unwrap();
+        s.apply(&[
+            Op::Put(row("a", "{}")),
+            Op::Put(row("b", "{}")),
+            Op::Delete("a".into()),
+        ])
+        .unwrap();
+        assert_eq!(s.all().unwrap(), vec![row("b", "{}")]);
+        // A batch that fails half-way leaves nothing of itself behind.
+        s.conn().execute_batch("CREATE TRIGGER no_c BEFORE INSERT ON subscriptions WHEN NEW.id = 'c' BEGIN SELECT RAISE(ABORT, 'no c'); END;").unwrap();
+        assert!(s
+            .apply(&[Op::Delete("b".into()), Op::Put(row("c", "{}"))])
+            .is_err());
+        assert_eq!(s.all().unwrap(), vec![row("b", "{}")]);
+    }
+
+    #[tokio::test]
+    async fn the_store_thread_commits_and_reports_a_refused_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stox.db");
+        let t = StoreThread::spawn(Store::open(&path).unwrap()).unwrap();
+        t.apply(vec![Op::Put(row("a", "{}"))]).await.unwrap();
+        assert_eq!(
+            Store::open(&path).unwrap().all().unwrap(),
+            vec![row("a", "{}")]
+        );
+
+        // A read-only database (SQLite's own switch: root cannot bypass it).
+        let s = Store::open(&path).unwrap();
+        s.conn().pragma_update(None, "query_only", true).unwrap();
+        let t = StoreThread::spawn(s).unwrap();
+        let e = t.apply(vec![Op::Put(row("b", "{}"))]).await.unwrap_err();
+        assert!(e.to_string().starts_with("store: "), "{e}");
+        assert_eq!(
+            Store::open(&path).unwrap().all().unwrap(),
+            vec![row("a", "{}")]
+        );
     }
 
     #[test]

@@ -371,6 +371,37 @@ impl PresenceCore {
         }
     }
 
+    // ----- the store -----
+
+    /// The store refused what an input wrote (disk full, read-only): the subscription
+    /// `key` was never accepted. It goes at once; what was pending for it is dropped
+    /// (its NOTIFY or SUBSCRIBE, if still unsent, is not sent: see [`Self::awaits`]).
+    pub fn forget(&mut self, key: &str) {
+        self.pending.retain(|_, p| match p {
+            Pending::Subscribe { key: k, .. } | Pending::Notify { key: k } => k != key,
+            Pending::Unsubscribe { .. } => true,
+        });
+        if self.outs.contains_key(key) {
+            self.remove_out(key);
+        } else {
+            self.remove_in(key);
+        }
+    }
+
+    /// Whether the result of the request with `token` is still awaited.
+    pub fn awaits(&self, token: u64) -> bool {
+        self.pending.contains_key(&token)
+    }
+
+    /// Answers a presence stanza whose subscription the store refused.
+    pub fn refuse_unstored(&mut self, p: &Presence) {
+        self.error_reply(
+            p,
+            DefinedCondition::InternalServerError,
+            "The gateway cannot store the subscription",
+        );
+    }
+
     // ----- outputs -----
 
     pub fn poll_action(&mut self) -> Option<Action> {

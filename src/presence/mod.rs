@@ -9,14 +9,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tracing::Instrument;
-use xmpp_parsers::presence::Presence;
+use xmpp_parsers::presence::{Presence, Type as PresenceType};
 
-use self::core::{Action, Millis, PresenceCore, PresenceSettings, SipResult};
+use self::core::{Action, Millis, PresenceCore, PresenceSettings, SipResult, KIND_IN, KIND_OUT};
 use crate::address::AddressMap;
 use crate::config::{Config, OnSipEnd};
 use crate::sip::endpoint::{IncomingRequest, SipHandle};
-use crate::sip::message::response_to;
-use crate::store::{Row, Store, StoreError};
+use crate::sip::message::{response_to, unavailable};
+use crate::sip::Response;
+use crate::store::{Op, Row, Store, StoreError, StoreThread};
 use crate::xmpp::link::XmppLink;
 
 /// Which local users the gateway knows to be available (bare JIDs), as the presence task
@@ -101,7 +102,8 @@ pub fn settings(config: &Config, contact: String) -> PresenceSettings {
     }
 }
 
-/// Opens the store, takes back its subscriptions and starts the presence task.
+/// Opens the store, takes back its subscriptions and starts the presence task. The store
+/// then lives on its own thread ([`StoreThread`]); only this start reads it on the caller's.
 pub fn start(
     config: &Config,
     addresses: Arc<AddressMap>,
@@ -124,14 +126,31 @@ pub fn start(
             "Presence subscriptions taken back from the store."
         );
     }
+    let store = StoreThread::spawn(store).map_err(|_| StoreError::Stopped)?;
     let (tx, rx) = mpsc::channel(8192);
     tokio::spawn(run(core, store, sip, xmpp, availability, rx));
     Ok(PresenceHandle { tx })
 }
 
+/// How long a SIP peer is asked to wait after the store refused a write.
+const STORE_RETRY_AFTER_S: u32 = 60;
+
+/// The input whose answer depends on the store: it is given only once what the input
+/// wrote is committed; if the commit fails, the input is refused instead.
+enum Gate {
+    /// A SIP request and the answer the core gave it. A SUBSCRIBE that cannot be stored
+    /// is not accepted: 503 with Retry-After, and its subscription is forgotten.
+    Sip {
+        request: Box<IncomingRequest>,
+        response: Response,
+    },
+    /// A `subscribe` from an XMPP user: an error stanza back, the subscription forgotten.
+    XmppSubscribe(Box<Presence>),
+}
+
 async fn run(
     mut core: PresenceCore,
-    store: Store,
+    store: StoreThread,
     sip: SipHandle,
     xmpp: XmppLink,
     availability: Availability,
@@ -141,8 +160,14 @@ async fn run(
     // Before the link is up, probes and stanzas would only be queued and lost on the
     // first failure: wait for it once, so a restart's refreshes see real answers.
     xmpp.wait_up().await;
+    let out = Outputs {
+        store,
+        sip,
+        xmpp,
+        results: results_tx,
+    };
     loop {
-        drain(&mut core, &store, &sip, &xmpp, &results_tx);
+        out.drain(&mut core, None).await;
         let wait = core
             .poll_timeout()
             .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
@@ -158,24 +183,29 @@ async fn run(
                             to = %p.to.as_ref().map(|j| j.to_string()).unwrap_or_default(),
                             type_ = ?p.type_,
                         );
-                        let _g = span.enter();
-                        let user = p.from.as_ref().map(|j| j.to_bare().to_string());
-                        core.handle_xmpp(now_ms(), *p);
-                        if let Some(user) = user {
-                            availability.set(&user, core.is_available(&user));
-                        }
+                        let gate = {
+                            let _g = span.enter();
+                            let user = p.from.as_ref().map(|j| j.to_bare().to_string());
+                            let gate = (p.type_ == PresenceType::Subscribe)
+                                .then(|| Gate::XmppSubscribe(p.clone()));
+                            core.handle_xmpp(now_ms(), *p);
+                            if let Some(user) = user {
+                                availability.set(&user, core.is_available(&user));
+                            }
+                            gate
+                        };
+                        out.drain(&mut core, gate).instrument(span).await;
                     }
                     Input::Sip(i) => {
                         let call_id = crate::sip::dialog::header_value(&i.request.headers, "Call-ID").unwrap_or_default();
                         let span = tracing::info_span!("presence_sip", %call_id, method = %i.request.method);
-                        let _g = span.enter();
-                        match core.handle_sip_request(now_ms(), &i.request) {
-                            Some(r) => i.responder.respond(r),
-                            None => {
-                                let r = response_to(&i.request, 501, None, "");
-                                i.responder.respond(r);
-                            }
-                        }
+                        let response = {
+                            let _g = span.enter();
+                            core.handle_sip_request(now_ms(), &i.request)
+                                .unwrap_or_else(|| response_to(&i.request, 501, None, ""))
+                        };
+                        let gate = Gate::Sip { request: i, response };
+                        out.drain(&mut core, Some(gate)).instrument(span).await;
                     }
                 }
             }
@@ -192,23 +222,125 @@ async fn sleep_opt(d: Option<Duration>) {
     }
 }
 
-fn drain(
-    core: &mut PresenceCore,
-    store: &Store,
-    sip: &SipHandle,
-    xmpp: &XmppLink,
-    results: &mpsc::UnboundedSender<(u64, SipResult)>,
-) {
-    while let Some(action) = core.poll_action() {
+/// Where the core's actions go.
+struct Outputs {
+    store: StoreThread,
+    sip: SipHandle,
+    xmpp: XmppLink,
+    results: mpsc::UnboundedSender<(u64, SipResult)>,
+}
+
+impl Outputs {
+    /// Carries out what the core asks for. Write-ahead: the rows the actions save are
+    /// committed (one transaction, on the store thread) before any of the other actions
+    /// goes out, and before `gate`'s answer.
+    async fn drain(&self, core: &mut PresenceCore, mut gate: Option<Gate>) {
+        loop {
+            let mut ops = Vec::new();
+            let mut saved = Vec::new();
+            let mut others = Vec::new();
+            while let Some(action) = core.poll_action() {
+                match action {
+                    Action::Save {
+                        id,
+                        kind,
+                        user,
+                        remote,
+                        data,
+                    } => {
+                        saved.push((id.clone(), kind));
+                        ops.push(Op::Put(Row {
+                            id,
+                            kind: kind.to_string(),
+                            local_jid: user,
+                            remote,
+                            data,
+                        }));
+                    }
+                    Action::Delete(id) => ops.push(Op::Delete(id)),
+                    other => others.push(other),
+                }
+            }
+            if ops.is_empty() && others.is_empty() {
+                if let Some(g) = gate.take() {
+                    answer(g);
+                }
+                return;
+            }
+            let committed = self.store.apply(ops).await;
+            match (committed, gate.take()) {
+                (Ok(()), g) => {
+                    if let Some(g) = g {
+                        answer(g);
+                    }
+                    for a in others {
+                        self.act(a);
+                    }
+                }
+                (Err(e), None) => {
+                    // Nobody to answer: the subscriptions go on in memory.
+                    tracing::error!(error = %e, "Cannot save presence subscriptions.");
+                    for a in others {
+                        self.act(a);
+                    }
+                }
+                (Err(e), Some(g)) => {
+                    tracing::error!(error = %e, "Cannot save a subscription; the request is refused.");
+                    // What the refused input set up goes; what it asked to send is not sent.
+                    let kind = match &g {
+                        Gate::Sip { request, .. }
+                            if request.request.method == crate::sip::Method::Subscribe =>
+                        {
+                            Some(KIND_IN)
+                        }
+                        Gate::Sip { .. } => None,
+                        Gate::XmppSubscribe(_) => Some(KIND_OUT),
+                    };
+                    let mut forgot = false;
+                    for (id, k) in &saved {
+                        if Some(*k) == kind {
+                            core.forget(id);
+                            forgot = true;
+                        }
+                    }
+                    match g {
+                        Gate::Sip { request, response } => {
+                            let r = if response.status_code.code() < 300 {
+                                unavailable(
+                                    &request.request,
+                                    "Cannot store the subscription",
+                                    STORE_RETRY_AFTER_S,
+                                )
+                            } else {
+                                response
+                            };
+                            request.responder.respond(r);
+                        }
+                        Gate::XmppSubscribe(p) => core.refuse_unstored(&p),
+                    }
+                    for a in others {
+                        match a {
+                            Action::Sip { token, .. } if !core.awaits(token) => {}
+                            Action::Stanza(_) if forgot => {}
+                            a => self.act(a),
+                        }
+                    }
+                    // The refusal's own actions (its error stanza, the deletes) follow.
+                }
+            }
+        }
+    }
+
+    fn act(&self, action: Action) {
         match action {
-            Action::Stanza(p) => xmpp.send(p),
+            Action::Stanza(p) => self.xmpp.send(p),
             Action::Sip {
                 token,
                 request,
                 in_dialog,
             } => {
-                let sip = sip.clone();
-                let results = results.clone();
+                let sip = self.sip.clone();
+                let results = self.results.clone();
                 let call_id = crate::sip::dialog::header_value(&request.headers, "Call-ID")
                     .unwrap_or_default();
                 let span = tracing::info_span!("presence_out", %call_id, method = %request.method);
@@ -231,30 +363,15 @@ fn drain(
                     .instrument(span),
                 );
             }
-            // Write-ahead: the row is committed before the next action goes out.
-            Action::Save {
-                id,
-                kind,
-                user,
-                remote,
-                data,
-            } => {
-                let row = Row {
-                    id,
-                    kind: kind.to_string(),
-                    local_jid: user,
-                    remote,
-                    data,
-                };
-                if let Err(e) = store.put(&row) {
-                    tracing::error!(error = %e, "Cannot save a subscription.");
-                }
-            }
-            Action::Delete(id) => {
-                if let Err(e) = store.delete(&id) {
-                    tracing::error!(error = %e, "Cannot delete a subscription.");
-                }
-            }
+            // Collected by `drain` before anything else goes out.
+            Action::Save { .. } | Action::Delete(_) => {}
         }
+    }
+}
+
+fn answer(gate: Gate) {
+    match gate {
+        Gate::Sip { request, response } => request.responder.respond(response),
+        Gate::XmppSubscribe(_) => {}
     }
 }

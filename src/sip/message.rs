@@ -761,6 +761,18 @@ pub fn to_bytes(msg: &mut SipMessage) -> Vec<u8> {
     buf
 }
 
+/// 503 with a reason phrase and Retry-After (RFC 3261 21.5.4): something the request needs
+/// is failing for now (the store), and a retry later may succeed. With Retry-After, a
+/// notifier keeps the subscription whose NOTIFY got it (RFC 6665 4.2.2).
+pub fn unavailable(req: &Request, reason: &str, retry_after_s: u32) -> Response {
+    let mut r = response_to(req, 503, Some(reason), "");
+    r.headers
+        .push(Header::RetryAfter(rsipstack::sip::RetryAfter::new(
+            retry_after_s.to_string(),
+        )));
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

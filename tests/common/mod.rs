@@ -489,7 +489,7 @@ listen = [{listen}]
     }
 
     /// Writes the config that `config(stox's dir)` returns and starts stox on it.
-    fn launch(
+    pub fn launch(
         dir: &Path,
         sip_port: u16,
         tls_port: Option<u16>,
