@@ -168,6 +168,8 @@ pub struct SipConfig {
     pub credentials: Vec<Credential>,
     /// Registration of stox at a registrar (`[sip.register]`).
     pub register: Option<RegisterConfig>,
+    /// `sip.trusted_peers` and the limits for untrusted sources (issue 11).
+    pub trust: crate::sip::trust::TrustConfig,
 }
 
 /// A username and password for one digest realm. The password never shows in `Debug`.
@@ -441,6 +443,16 @@ struct RawSip {
     credentials: Vec<RawCredential>,
     #[serde(default)]
     register: Option<RawRegister>,
+    #[serde(default)]
+    trusted_peers: Vec<String>,
+    #[serde(default)]
+    rate_limit: Option<u32>,
+    #[serde(default)]
+    rate_burst: Option<u32>,
+    #[serde(default)]
+    subscribe_rate_per_domain: Option<u32>,
+    #[serde(default)]
+    subscribe_burst_per_domain: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -787,6 +799,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             None
         }
     };
+    let mut trust = validate_trust(
+        &raw.sip.trusted_peers,
+        [
+            raw.sip.rate_limit,
+            raw.sip.rate_burst,
+            raw.sip.subscribe_rate_per_domain,
+            raw.sip.subscribe_burst_per_domain,
+        ],
+    )?;
+    trust.own_domains = sip_domains.clone();
     let credentials = validate_credentials(raw.sip.credentials)?;
     let register = match raw.sip.register {
         Some(r) => Some(validate_register(r)?),
@@ -830,6 +852,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             max_connections,
             credentials,
             register,
+            trust,
         },
         dns: DnsConfig { nameservers },
         presence: validate_presence(raw.presence)?,
@@ -845,6 +868,57 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     .unwrap_or_else(|| "stox.db".into()),
             ),
         },
+    })
+}
+
+/// `sip.trusted_peers` and the per-source limits. A rate of 0 turns that limit off; a
+/// burst below the rate would refuse an ordinary peer's first second, so it is refused.
+fn validate_trust(
+    peers: &[String],
+    [rate_limit, rate_burst, subscribe_rate, subscribe_burst]: [Option<u32>; 4],
+) -> Result<crate::sip::trust::TrustConfig, ConfigError> {
+    let mut trusted_peers = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        let c = p
+            .parse()
+            .map_err(|e: String| ConfigError::invalid(format!("sip.trusted_peers[{i}]"), p, e))?;
+        trusted_peers.push(c);
+    }
+    let pair = |rate_key: &str, burst_key: &str, rate: Option<u32>, burst: Option<u32>, d: (u32, u32)| {
+        let rate = rate.unwrap_or(d.0);
+        let burst = burst.unwrap_or(if rate == 0 { 0 } else { d.1.max(rate) });
+        if rate > 1_000_000 {
+            return Err(ConfigError::new(rate_key, "must be at most 1000000 (0 = no limit)"));
+        }
+        if rate > 0 && burst < rate {
+            return Err(ConfigError::new(
+                burst_key,
+                format!("must be at least {rate_key} ({rate})"),
+            ));
+        }
+        Ok((rate, burst.min(10_000_000)))
+    };
+    let (rate, burst) = pair(
+        "sip.rate_limit",
+        "sip.rate_burst",
+        rate_limit,
+        rate_burst,
+        (100, 400),
+    )?;
+    let (subscribe_rate, subscribe_burst) = pair(
+        "sip.subscribe_rate_per_domain",
+        "sip.subscribe_burst_per_domain",
+        subscribe_rate,
+        subscribe_burst,
+        (10, 50),
+    )?;
+    Ok(crate::sip::trust::TrustConfig {
+        trusted_peers,
+        own_domains: Vec::new(),
+        rate,
+        burst,
+        subscribe_rate,
+        subscribe_burst,
     })
 }
 

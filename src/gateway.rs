@@ -107,7 +107,8 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         presence.clone(),
         chat.clone(),
     ));
-    tokio::spawn(route_sip(sip_requests, im, presence, chat));
+    let trust = crate::sip::trust::Trust::new(&config.sip.trust);
+    tokio::spawn(route_sip(sip_requests, trust, im, presence, chat));
     let registration = config.sip.register.as_ref().map(|r| {
         let transport = config
             .sip
@@ -165,6 +166,7 @@ async fn route_xmpp(
 
 async fn route_sip(
     mut requests: mpsc::Receiver<IncomingRequest>,
+    mut trust: crate::sip::trust::Trust,
     im: Arc<Im>,
     presence: PresenceHandle,
     chat: Option<ChatHandle>,
@@ -177,6 +179,14 @@ async fn route_sip(
             r = requests.recv() => r,
         };
         let Some(incoming) = incoming else { break };
+        // An ACK or a CANCEL the core answered gets no response and starts nothing.
+        let Some(incoming) = (if incoming.responder.expects_response() {
+            admit(&mut trust, incoming)
+        } else {
+            Some(incoming)
+        }) else {
+            continue;
+        };
         match incoming.request.method {
             Method::Invite | Method::Ack | Method::Bye | Method::Cancel if chat.is_some() => {
                 if let Some(c) = &chat {
@@ -195,4 +205,28 @@ async fn route_sip(
         }
     }
     while in_flight.next().await.is_some() {}
+}
+
+/// `sip.trusted_peers` and the limits for everyone else: the request back if it may go on,
+/// else it is answered here (403, or 503 with Retry-After).
+fn admit(
+    trust: &mut crate::sip::trust::Trust,
+    incoming: IncomingRequest,
+) -> Option<IncomingRequest> {
+    use crate::sip::trust::Verdict;
+    let remote = incoming.source.remote;
+    match trust.check(std::time::Instant::now(), &incoming.request, remote.ip()) {
+        Verdict::Pass => Some(incoming),
+        Verdict::Forbidden(why) => {
+            tracing::info!(%remote, method = %incoming.request.method, %why, "SIP request from an untrusted source refused with 403.");
+            let r = crate::sip::message::response_to(&incoming.request, 403, Some(why), "");
+            incoming.responder.respond(r);
+            None
+        }
+        Verdict::Limited(retry) => {
+            tracing::debug!(%remote, method = %incoming.request.method, retry, "SIP request over the rate limit for untrusted sources; answered 503.");
+            incoming.refuse_for(retry);
+            None
+        }
+    }
 }
