@@ -955,20 +955,24 @@ fn validate_trust(
             .map_err(|e: String| ConfigError::invalid(format!("sip.trusted_peers[{i}]"), p, e))?;
         trusted_peers.push(c);
     }
-    let pair = |rate_key: &str, burst_key: &str, rate: Option<u32>, burst: Option<u32>, d: (u32, u32)| {
-        let rate = rate.unwrap_or(d.0);
-        let burst = burst.unwrap_or(if rate == 0 { 0 } else { d.1.max(rate) });
-        if rate > 1_000_000 {
-            return Err(ConfigError::new(rate_key, "must be at most 1000000 (0 = no limit)"));
-        }
-        if rate > 0 && burst < rate {
-            return Err(ConfigError::new(
-                burst_key,
-                format!("must be at least {rate_key} ({rate})"),
-            ));
-        }
-        Ok((rate, burst.min(10_000_000)))
-    };
+    let pair =
+        |rate_key: &str, burst_key: &str, rate: Option<u32>, burst: Option<u32>, d: (u32, u32)| {
+            let rate = rate.unwrap_or(d.0);
+            let burst = burst.unwrap_or(if rate == 0 { 0 } else { d.1.max(rate) });
+            if rate > 1_000_000 {
+                return Err(ConfigError::new(
+                    rate_key,
+                    "must be at most 1000000 (0 = no limit)",
+                ));
+            }
+            if rate > 0 && burst < rate {
+                return Err(ConfigError::new(
+                    burst_key,
+                    format!("must be at least {rate_key} ({rate})"),
+                ));
+            }
+            Ok((rate, burst.min(10_000_000)))
+        };
     let (rate, burst) = pair(
         "sip.rate_limit",
         "sip.rate_burst",

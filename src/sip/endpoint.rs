@@ -90,9 +90,10 @@ impl IncomingRequest {
     /// Answers 503 with `Retry-After: seconds` (a rate limit says how long).
     pub fn refuse_for(self, seconds: u32) {
         let mut r = message::response_to(&self.request, 503, None, "");
-        r.headers.push(Header::RetryAfter(rsipstack::sip::RetryAfter::new(
-            seconds.to_string(),
-        )));
+        r.headers
+            .push(Header::RetryAfter(rsipstack::sip::RetryAfter::new(
+                seconds.to_string(),
+            )));
         self.responder.respond(r);
     }
 }

@@ -63,7 +63,9 @@ impl Cidr {
     fn masked(&self, ip: IpAddr) -> IpAddr {
         match ip {
             IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 IpAddr::V4((u32::from(a) & mask).into())
             }
             IpAddr::V6(a) => {
@@ -199,7 +201,11 @@ impl Trust {
     pub fn new(c: &TrustConfig) -> Trust {
         Trust {
             trusted_peers: c.trusted_peers.clone(),
-            own_domains: c.own_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            own_domains: c
+                .own_domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
             per_source: (c.rate > 0).then(|| Buckets::new(c.rate, c.burst, MAX_KEYS)),
             per_domain: (c.subscribe_rate > 0)
                 .then(|| Buckets::new(c.subscribe_rate, c.subscribe_burst, MAX_KEYS)),
@@ -254,7 +260,11 @@ fn notify_host(request: &Request) -> Option<IpAddr> {
     let first = header_values(&request.headers, "Record-Route")
         .into_iter()
         .next()
-        .or_else(|| header_values(&request.headers, "Contact").into_iter().next())?;
+        .or_else(|| {
+            header_values(&request.headers, "Contact")
+                .into_iter()
+                .next()
+        })?;
     let addr = SipAddress::parse(&uri_of(&first)).ok()?;
     let host = addr.host.trim_start_matches('[').trim_end_matches(']');
     let ip: IpAddr = host.parse().ok()?;
@@ -287,7 +297,13 @@ mod tests {
         assert!(!v6.contains(ip("192.0.2.1")));
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains(ip("203.0.113.9")));
-        for bad in ["10.0.0.0/33", "10.0.0.1/8", "example.com", "::/129", "1.2.3.4/x"] {
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.1/8",
+            "example.com",
+            "::/129",
+            "1.2.3.4/x",
+        ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
     }
@@ -317,7 +333,10 @@ mod tests {
 
     fn request(text: &str) -> Request {
         let text = text.replace('\n', "\r\n");
-        match parse(text.as_bytes(), Framing::Datagram, 65535).unwrap().message {
+        match parse(text.as_bytes(), Framing::Datagram, 65535)
+            .unwrap()
+            .message
+        {
             SipMessage::Request(r) => r,
             _ => panic!("not a request"),
         }
