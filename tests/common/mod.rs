@@ -428,6 +428,13 @@ impl Stox {
     ) -> String {
         let db = dir.join("stox.db");
         let db = db.display();
+        // The tests' SIP peers send from 127.0.0.1: trusted unless a test says otherwise
+        // (the shipped default trusts nobody). tests/trust.rs sends from 127.0.0.2.
+        let trusted = if extra.contains("trusted_peers") {
+            ""
+        } else {
+            "trusted_peers = [\"127.0.0.1\"]\n"
+        };
         format!(
             r#"[store]
 path = "{db}"
@@ -441,7 +448,7 @@ reconnect_max_ms = 500
 
 [sip]
 listen = [{listen}]
-{extra}
+{trusted}{extra}
 "#
         )
     }
