@@ -1678,6 +1678,41 @@ domains = ["example.com"]
     }
 
     #[test]
+    fn trust_keys_default_safe_and_name_the_bad_key() {
+        let base = "[xmpp]\njid = \"sip.example.com\"\nserver = \"127.0.0.1:5347\"\nsecret = \"s\"\ndomains = [\"example.com\"]\n";
+        let t = Config::parse(base).unwrap().sip.trust;
+        assert!(t.trusted_peers.is_empty(), "nobody trusted by default");
+        assert_eq!((t.rate, t.burst), (100, 400));
+        assert_eq!((t.subscribe_rate, t.subscribe_burst), (10, 50));
+        assert_eq!(t.own_domains, vec!["example.com".to_string()]);
+        let t = Config::parse(&format!(
+            "{base}[sip]\ntrusted_peers = [\"10.0.0.0/8\", \"::1\"]\nrate_limit = 0\n"
+        ))
+        .unwrap()
+        .sip
+        .trust;
+        assert_eq!(t.trusted_peers.len(), 2);
+        assert_eq!(t.rate, 0, "0 turns the limit off");
+        for (extra, key) in [
+            ("trusted_peers = [\"10.0.0.1/8\"]", "sip.trusted_peers[0]: "),
+            (
+                "trusted_peers = [\"proxy.example.net\"]",
+                "sip.trusted_peers[0]: ",
+            ),
+            ("rate_limit = 10\nrate_burst = 5", "sip.rate_burst: "),
+            (
+                "subscribe_rate_per_domain = 2000000",
+                "sip.subscribe_rate_per_domain: ",
+            ),
+        ] {
+            let e = Config::parse(&format!("{base}[sip]\n{extra}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(key), "{extra}: {e}");
+        }
+    }
+
+    #[test]
     fn presence_and_store_keys_are_checked() {
         let base = "[xmpp]\njid = \"sip.example.com\"\nserver = \"127.0.0.1:5347\"\nsecret = \"s\"\ndomains = [\"example.com\"]\n";
         let c = Config::parse(base).unwrap();
