@@ -329,6 +329,8 @@ pub struct PresenceConfig {
     /// A user seen this recently (seconds) is refreshed even when the probe gets no answer.
     pub seen_window_s: u64,
     pub retry_ms: u64,
+    /// The soonest stox sends another SUBSCRIBE for a subscription it holds (seconds).
+    pub min_refresh_s: u32,
     /// What a SIP watcher's unsubscribe or expiry does to the XMPP subscription.
     pub on_sip_end: OnSipEnd,
 }
@@ -413,6 +415,7 @@ struct RawPresence {
     probe_exempt_domains: Vec<String>,
     seen_window_s: Option<u64>,
     retry_ms: Option<u64>,
+    min_refresh_s: Option<u32>,
     on_sip_end: Option<String>,
 }
 
@@ -1198,6 +1201,13 @@ fn validate_presence(raw: RawPresence) -> Result<PresenceConfig, ConfigError> {
             "must be between 100 and 300000",
         ));
     }
+    let min_refresh_s = raw.min_refresh_s.unwrap_or(60);
+    if min_refresh_s == 0 || min_refresh_s > expires {
+        return Err(ConfigError::new(
+            "presence.min_refresh_s",
+            "must be at least 1 and at most presence.expires",
+        ));
+    }
     Ok(PresenceConfig {
         expires,
         max_expires,
@@ -1208,6 +1218,7 @@ fn validate_presence(raw: RawPresence) -> Result<PresenceConfig, ConfigError> {
         probe_exempt_domains: exempt,
         seen_window_s: raw.seen_window_s.unwrap_or(7 * 86_400),
         retry_ms: raw.retry_ms.unwrap_or(60_000).max(100),
+        min_refresh_s,
         on_sip_end,
     })
 }
@@ -1722,6 +1733,11 @@ domains = ["example.com"]
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("presence.expires: "), "{e}");
+        assert_eq!(c.presence.min_refresh_s, 60);
+        let e = Config::parse(&format!("{base}[presence]\nmin_refresh_s = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("presence.min_refresh_s: "), "{e}");
         let e = Config::parse(&format!("{base}[presence]\non_sip_end = \"drop\"\n"))
             .unwrap_err()
             .to_string();
