@@ -331,3 +331,128 @@ fn new_subscribes_per_watcher_domain_are_limited() {
     let r = proxy.response();
     assert!(status_line(&r).starts_with("SIP/2.0 2"), "{r}");
 }
+
+/// A notifier that answers a SUBSCRIBE asking less than 7200 s with 423 Min-Expires: 7200
+/// and one asking 7200 with 200 and an active NOTIFY. stox's retry after 423 is a new
+/// SUBSCRIBE (new Call-ID), so every SUBSCRIBE is a call of its own here.
+fn notifier_423() -> String {
+    r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="notifier-423">
+  <recv request="SUBSCRIBE">
+    <action>
+      <ereg regexp="&lt;([^&gt;]*)&gt;" search_in="hdr" header="Contact:" assign_to="dummy,contact" />
+      <ereg regexp=".*" search_in="hdr" header="From:" assign_to="from" />
+      <ereg regexp="^[[:space:]]*7200" search_in="hdr" header="Expires:" assign_to="long" />
+      <ereg regexp="sip:([a-z]+)@" search_in="hdr" header="To:" assign_to="dummy2,user" />
+    </action>
+  </recv>
+  <nop next="grant" test="long" />
+  <send>
+    <![CDATA[
+SIP/2.0 423 Interval Too Brief
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Min-Expires: 7200
+Content-Length: 0
+
+]]>
+  </send>
+  <nop next="end" />
+  <label id="grant" />
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:[$user]@[local_ip]:[local_port]>
+Expires: 7200
+Content-Length: 0
+
+]]>
+  </send>
+  <send>
+    <![CDATA[
+NOTIFY [$contact] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+Max-Forwards: 70
+From: <sip:[$user]@sip.test>;tag=[pid]SIPpTag01[call_number]
+To: [$from]
+Call-ID: [call_id]
+CSeq: 1 NOTIFY
+Contact: <sip:[$user]@[local_ip]:[local_port]>
+Event: presence
+Subscription-State: active;expires=7200
+Content-Type: application/pidf+xml
+Content-Length: [len]
+
+<?xml version='1.0' encoding='UTF-8'?>
+<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='pres:[$user]@sip.test'><tuple id='t1'><status><basic>open</basic></status><note>[$user] granted 7200</note></tuple></presence>
+]]>
+  </send>
+  <recv response="200" />
+  <label id="end" />
+  <Reference variables="dummy,dummy2" />
+</scenario>
+"#
+    .to_string()
+}
+
+#[test]
+fn a_notifiers_423_raises_the_expiry_of_that_subscription_only() {
+    let dir = temp_dir();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let uas_port = free_port();
+    let stox = Stox::start(
+        dir.path(),
+        prosody.component_port,
+        &format!("[sip.routes]\n\"sip.test\" = \"sip:127.0.0.1:{uas_port};transport=udp\"\n"),
+    );
+    stox.wait_online(1);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+    // Two subscriptions, each: SUBSCRIBE (3600) -> 423, SUBSCRIBE (7200) -> 200 + NOTIFY.
+    let uas = Sipp::spawn_uas(dir.path(), "notifier", &notifier_423(), uas_port, 4);
+
+    juliet.send_raw("<presence to='romeo\\40sip.test@sip.localhost' type='subscribe'/>");
+    juliet.expect_stanza(&["romeo granted 7200"], Duration::from_secs(20));
+    // The second subscription starts after the first's 423 was handled.
+    juliet.send_raw("<presence to='mercutio\\40sip.test@sip.localhost' type='subscribe'/>");
+    juliet.expect_stanza(&["mercutio granted 7200"], Duration::from_secs(20));
+
+    let r = uas.finish(Duration::from_secs(30));
+    r.assert_ok();
+    // Each SUBSCRIBE's head: up to its blank line (the responses after it say Min-Expires).
+    let subscribes: Vec<&str> = r
+        .messages
+        .split("SUBSCRIBE sip:")
+        .skip(1)
+        .map(|s| s.split("\n\n").next().unwrap_or(s))
+        .collect();
+    let asked = |who: &str, expires: &str| {
+        subscribes
+            .iter()
+            .filter(|s| {
+                s.starts_with(who)
+                    && s.lines()
+                        .any(|l| l.trim_end() == format!("Expires: {expires}"))
+            })
+            .count()
+    };
+    assert_eq!(
+        (asked("romeo@", "3600"), asked("romeo@", "7200")),
+        (1, 1),
+        "{}",
+        r.messages
+    );
+    assert_eq!(
+        (asked("mercutio@", "3600"), asked("mercutio@", "7200")),
+        (1, 1),
+        "romeo's 423 must not change mercutio's first SUBSCRIBE:\n{}",
+        r.messages
+    );
+}
