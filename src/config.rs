@@ -141,6 +141,9 @@ pub struct XmppConfig {
     pub reconnect_max_ms: u64,
     /// Stanzas waiting for the link; beyond this, new ones are refused at once.
     pub queue_limit: usize,
+    /// Messages per second (and burst) per sending bare JID; 0 = no limit (the default).
+    pub rate_limit_per_jid: u32,
+    pub rate_burst_per_jid: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -436,6 +439,8 @@ struct RawXmpp {
     reconnect_max_ms: u64,
     #[serde(default = "default_queue_limit")]
     queue_limit: usize,
+    rate_limit_per_jid: Option<u32>,
+    rate_burst_per_jid: Option<u32>,
 }
 
 fn default_reconnect_max_ms() -> u64 {
@@ -869,6 +874,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             None
         }
     };
+    let (rate_limit_per_jid, rate_burst_per_jid) =
+        validate_jid_limit(raw.xmpp.rate_limit_per_jid, raw.xmpp.rate_burst_per_jid)?;
     let mut trust = validate_trust(
         &raw.sip.trusted_peers,
         [
@@ -906,6 +913,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             domains: xmpp_domains,
             reconnect_max_ms: raw.xmpp.reconnect_max_ms.max(100),
             queue_limit: raw.xmpp.queue_limit,
+            rate_limit_per_jid,
+            rate_burst_per_jid,
         },
         sip: SipConfig {
             listen,
@@ -943,6 +952,25 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ),
         },
     })
+}
+
+/// `xmpp.rate_limit_per_jid` (off by default) and its burst (default 4 times the rate).
+fn validate_jid_limit(rate: Option<u32>, burst: Option<u32>) -> Result<(u32, u32), ConfigError> {
+    let rate = rate.unwrap_or(0);
+    if rate > 1_000_000 {
+        return Err(ConfigError::new(
+            "xmpp.rate_limit_per_jid",
+            "must be at most 1000000 (0 = no limit)",
+        ));
+    }
+    let burst = burst.unwrap_or(rate.saturating_mul(4));
+    if rate > 0 && burst < rate {
+        return Err(ConfigError::new(
+            "xmpp.rate_burst_per_jid",
+            format!("must be at least xmpp.rate_limit_per_jid ({rate})"),
+        ));
+    }
+    Ok((rate, burst.min(10_000_000)))
 }
 
 /// `sip.trusted_peers` and the per-source limits. A rate of 0 turns that limit off; a
@@ -1696,6 +1724,22 @@ domains = ["example.com"]
         assert_eq!((t.rate, t.burst), (100, 400));
         assert_eq!((t.subscribe_rate, t.subscribe_burst), (10, 50));
         assert_eq!(t.own_domains, vec!["example.com".to_string()]);
+        let x = Config::parse(base).unwrap().xmpp;
+        assert_eq!(
+            x.rate_limit_per_jid, 0,
+            "the per-JID limit is off by default"
+        );
+        let x = Config::parse(&base.replace("domains = ", "rate_limit_per_jid = 5\ndomains = "))
+            .unwrap()
+            .xmpp;
+        assert_eq!((x.rate_limit_per_jid, x.rate_burst_per_jid), (5, 20));
+        let e = Config::parse(&base.replace(
+            "domains = ",
+            "rate_limit_per_jid = 5\nrate_burst_per_jid = 1\ndomains = ",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("xmpp.rate_burst_per_jid: "), "{e}");
         let t = Config::parse(&format!(
             "{base}[sip]\ntrusted_peers = [\"10.0.0.0/8\", \"::1\"]\nrate_limit = 0\n"
         ))

@@ -101,8 +101,13 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
     )
     .await
     .map_err(RunError::Msrp)?;
+    let jid_limit = crate::xmpp::limit::JidLimit::new(
+        config.xmpp.rate_limit_per_jid,
+        config.xmpp.rate_burst_per_jid,
+    );
     tokio::spawn(route_xmpp(
         inbound,
+        jid_limit,
         im.clone(),
         presence.clone(),
         chat.clone(),
@@ -132,6 +137,7 @@ const IN_FLIGHT: usize = 4096;
 
 async fn route_xmpp(
     mut inbound: mpsc::Receiver<Stanza>,
+    mut jid_limit: crate::xmpp::limit::JidLimit,
     im: Arc<Im>,
     presence: PresenceHandle,
     chat: Option<ChatHandle>,
@@ -144,6 +150,13 @@ async fn route_xmpp(
             s = inbound.recv() => s,
         };
         let Some(stanza) = stanza else { break };
+        if let Stanza::Message(m) = &stanza {
+            if let Some(e) = jid_limit.check(std::time::Instant::now(), m) {
+                tracing::debug!(from = ?m.from, "XMPP message over xmpp.rate_limit_per_jid; bounced.");
+                im.xmpp.send(e);
+                continue;
+            }
+        }
         match stanza {
             Stanza::Iq(iq) => {
                 if let Some(reply) = service::handle_iq(iq, &im.addresses) {

@@ -456,3 +456,76 @@ fn a_notifiers_423_raises_the_expiry_of_that_subscription_only() {
         r.messages
     );
 }
+
+#[test]
+fn a_jid_over_xmpp_rate_limit_per_jid_gets_resource_constraint_instead_of_sip() {
+    let dir = temp_dir();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    // The SIP side: a UDP UAS in the test answering 200 to every MESSAGE, reporting bodies.
+    let uas = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let uas_port = uas.local_addr().unwrap().port();
+    let (tx, delivered) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok((n, from)) = uas.recv_from(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if m.starts_with("MESSAGE ") {
+                let _ = uas.send_to(ok_response(&m).as_bytes(), from);
+                if tx.send(m).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let sip_port = free_port();
+    let routes =
+        format!("[sip.routes]\n\"sip.test\" = \"sip:127.0.0.1:{uas_port};transport=udp\"\n");
+    // 1/s after a burst of 3: 8 sent at once exceed it unless stox took 5 s for them.
+    let stox = Stox::launch(dir.path(), sip_port, None, |d| {
+        Stox::config_text(d, prosody.component_port, sip_port, &routes).replace(
+            "reconnect_max_ms = 500\n",
+            "reconnect_max_ms = 500\nrate_limit_per_jid = 1\nrate_burst_per_jid = 3\n",
+        )
+    });
+    stox.wait_online(1);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+
+    const N: usize = 8;
+    for i in 0..N {
+        juliet.send(
+            "romeo\\40sip.test@sip.localhost",
+            &format!("word-{i}-end"),
+            None,
+            &format!("m{i}"),
+        );
+    }
+    // Every message ends one way or the other: a SIP MESSAGE, or an error back.
+    let (mut sent_on, mut bounced) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sent_on.len() + bounced.len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "delivered {sent_on:?}, bounced {bounced:?}"
+        );
+        while let Ok(m) = delivered.try_recv() {
+            sent_on.extend((0..N).filter(|i| m.contains(&format!("word-{i}-end"))));
+        }
+        if let Some(e) = juliet.try_stanza(&["resource-constraint"], Duration::from_millis(200)) {
+            assert!(
+                e.contains("type=\"error\"") || e.contains("type='error'"),
+                "{e}"
+            );
+            assert!(e.contains("wait"), "a wait-type error: {e}");
+            bounced.extend((0..N).filter(|i| e.contains(&format!("word-{i}-end"))));
+        }
+    }
+    assert!(
+        bounced.len() >= 3,
+        "delivered {sent_on:?}, bounced {bounced:?}"
+    );
+    assert!(sent_on.len() >= 3, "the burst goes through: {sent_on:?}");
+    assert!(
+        !bounced.iter().any(|b| sent_on.contains(b)),
+        "a bounced message reached SIP: delivered {sent_on:?}, bounced {bounced:?}"
+    );
+}

@@ -496,7 +496,7 @@ listen = [{listen}]
     }
 
     /// Writes the config that `config(stox's dir)` returns and starts stox on it.
-    fn launch(
+    pub fn launch(
         dir: &Path,
         sip_port: u16,
         tls_port: Option<u16>,
@@ -1040,6 +1040,29 @@ impl XmppClient {
             l.starts_with("STANZA ") && needles.iter().all(|n| l.contains(n))
         });
         line["STANZA ".len()..].to_string()
+    }
+
+    /// The next stanza with every one of `needles`, or None when none came within
+    /// `timeout` (for waiting on one of several events in turn).
+    pub fn try_stanza(&mut self, needles: &[&str], timeout: Duration) -> Option<String> {
+        if let Some(i) = self
+            .seen
+            .iter()
+            .position(|s| needles.iter().all(|n| s.contains(n)))
+        {
+            return Some(self.seen.remove(i));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let l = self.lines.recv_timeout(left).ok()?;
+            if let Some(s) = l.strip_prefix("STANZA ") {
+                if needles.iter().all(|n| s.contains(n)) {
+                    return Some(s.to_string());
+                }
+                self.seen.push(s.to_string());
+            }
+        }
     }
 
     pub fn stanzas_seen(&self) -> &[String] {
