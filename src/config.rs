@@ -141,6 +141,9 @@ pub struct XmppConfig {
     pub reconnect_max_ms: u64,
     /// Stanzas waiting for the link; beyond this, new ones are refused at once.
     pub queue_limit: usize,
+    /// Messages per second (and burst) per sending bare JID; 0 = no limit (the default).
+    pub rate_limit_per_jid: u32,
+    pub rate_burst_per_jid: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +181,8 @@ pub struct SipConfig {
     pub credentials: Vec<Credential>,
     /// Registration of stox at a registrar (`[sip.register]`).
     pub register: Option<RegisterConfig>,
+    /// `sip.trusted_peers` and the limits for untrusted sources (issue 11).
+    pub trust: crate::sip::trust::TrustConfig,
 }
 
 /// A username and password for one digest realm. The password never shows in `Debug`.
@@ -331,6 +336,8 @@ pub struct PresenceConfig {
     /// A user seen this recently (seconds) is refreshed even when the probe gets no answer.
     pub seen_window_s: u64,
     pub retry_ms: u64,
+    /// The soonest stox sends another SUBSCRIBE for a subscription it holds (seconds).
+    pub min_refresh_s: u32,
     /// What a SIP watcher's unsubscribe or expiry does to the XMPP subscription.
     pub on_sip_end: OnSipEnd,
 }
@@ -416,6 +423,7 @@ struct RawPresence {
     probe_exempt_domains: Vec<String>,
     seen_window_s: Option<u64>,
     retry_ms: Option<u64>,
+    min_refresh_s: Option<u32>,
     on_sip_end: Option<String>,
 }
 
@@ -436,6 +444,8 @@ struct RawXmpp {
     reconnect_max_ms: u64,
     #[serde(default = "default_queue_limit")]
     queue_limit: usize,
+    rate_limit_per_jid: Option<u32>,
+    rate_burst_per_jid: Option<u32>,
 }
 
 fn default_reconnect_max_ms() -> u64 {
@@ -485,6 +495,16 @@ struct RawSip {
     credentials: Vec<RawCredential>,
     #[serde(default)]
     register: Option<RawRegister>,
+    #[serde(default)]
+    trusted_peers: Vec<String>,
+    #[serde(default)]
+    rate_limit: Option<u32>,
+    #[serde(default)]
+    rate_burst: Option<u32>,
+    #[serde(default)]
+    subscribe_rate_per_domain: Option<u32>,
+    #[serde(default)]
+    subscribe_burst_per_domain: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -859,6 +879,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             None
         }
     };
+    let (rate_limit_per_jid, rate_burst_per_jid) =
+        validate_jid_limit(raw.xmpp.rate_limit_per_jid, raw.xmpp.rate_burst_per_jid)?;
+    let mut trust = validate_trust(
+        &raw.sip.trusted_peers,
+        [
+            raw.sip.rate_limit,
+            raw.sip.rate_burst,
+            raw.sip.subscribe_rate_per_domain,
+            raw.sip.subscribe_burst_per_domain,
+        ],
+    )?;
+    trust.own_domains = sip_domains.clone();
     let credentials = validate_credentials(raw.sip.credentials)?;
     let register = match raw.sip.register {
         Some(r) => Some(validate_register(r)?),
@@ -886,6 +918,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             domains: xmpp_domains,
             reconnect_max_ms: raw.xmpp.reconnect_max_ms.max(100),
             queue_limit: raw.xmpp.queue_limit,
+            rate_limit_per_jid,
+            rate_burst_per_jid,
         },
         sip: SipConfig {
             listen,
@@ -906,6 +940,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             max_server_transactions,
             credentials,
             register,
+            trust,
         },
         dns: DnsConfig { nameservers },
         presence: validate_presence(raw.presence)?,
@@ -921,6 +956,80 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     .unwrap_or_else(|| "stox.db".into()),
             ),
         },
+    })
+}
+
+/// `xmpp.rate_limit_per_jid` (off by default) and its burst (default 4 times the rate).
+fn validate_jid_limit(rate: Option<u32>, burst: Option<u32>) -> Result<(u32, u32), ConfigError> {
+    let rate = rate.unwrap_or(0);
+    if rate > 1_000_000 {
+        return Err(ConfigError::new(
+            "xmpp.rate_limit_per_jid",
+            "must be at most 1000000 (0 = no limit)",
+        ));
+    }
+    let burst = burst.unwrap_or(rate.saturating_mul(4));
+    if rate > 0 && burst < rate {
+        return Err(ConfigError::new(
+            "xmpp.rate_burst_per_jid",
+            format!("must be at least xmpp.rate_limit_per_jid ({rate})"),
+        ));
+    }
+    Ok((rate, burst.min(10_000_000)))
+}
+
+/// `sip.trusted_peers` and the per-source limits. A rate of 0 turns that limit off; a
+/// burst below the rate would refuse an ordinary peer's first second, so it is refused.
+fn validate_trust(
+    peers: &[String],
+    [rate_limit, rate_burst, subscribe_rate, subscribe_burst]: [Option<u32>; 4],
+) -> Result<crate::sip::trust::TrustConfig, ConfigError> {
+    let mut trusted_peers = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        let c = p
+            .parse()
+            .map_err(|e: String| ConfigError::invalid(format!("sip.trusted_peers[{i}]"), p, e))?;
+        trusted_peers.push(c);
+    }
+    let pair =
+        |rate_key: &str, burst_key: &str, rate: Option<u32>, burst: Option<u32>, d: (u32, u32)| {
+            let rate = rate.unwrap_or(d.0);
+            let burst = burst.unwrap_or(if rate == 0 { 0 } else { d.1.max(rate) });
+            if rate > 1_000_000 {
+                return Err(ConfigError::new(
+                    rate_key,
+                    "must be at most 1000000 (0 = no limit)",
+                ));
+            }
+            if rate > 0 && burst < rate {
+                return Err(ConfigError::new(
+                    burst_key,
+                    format!("must be at least {rate_key} ({rate})"),
+                ));
+            }
+            Ok((rate, burst.min(10_000_000)))
+        };
+    let (rate, burst) = pair(
+        "sip.rate_limit",
+        "sip.rate_burst",
+        rate_limit,
+        rate_burst,
+        (100, 400),
+    )?;
+    let (subscribe_rate, subscribe_burst) = pair(
+        "sip.subscribe_rate_per_domain",
+        "sip.subscribe_burst_per_domain",
+        subscribe_rate,
+        subscribe_burst,
+        (10, 50),
+    )?;
+    Ok(crate::sip::trust::TrustConfig {
+        trusted_peers,
+        own_domains: Vec::new(),
+        rate,
+        burst,
+        subscribe_rate,
+        subscribe_burst,
     })
 }
 
@@ -1135,6 +1244,13 @@ fn validate_presence(raw: RawPresence) -> Result<PresenceConfig, ConfigError> {
             "must be between 100 and 300000",
         ));
     }
+    let min_refresh_s = raw.min_refresh_s.unwrap_or(60);
+    if min_refresh_s == 0 || min_refresh_s > expires {
+        return Err(ConfigError::new(
+            "presence.min_refresh_s",
+            "must be at least 1 and at most presence.expires",
+        ));
+    }
     Ok(PresenceConfig {
         expires,
         max_expires,
@@ -1145,6 +1261,7 @@ fn validate_presence(raw: RawPresence) -> Result<PresenceConfig, ConfigError> {
         probe_exempt_domains: exempt,
         seen_window_s: raw.seen_window_s.unwrap_or(7 * 86_400),
         retry_ms: raw.retry_ms.unwrap_or(60_000).max(100),
+        min_refresh_s,
         on_sip_end,
     })
 }
@@ -1621,6 +1738,57 @@ domains = ["example.com"]
     }
 
     #[test]
+    fn trust_keys_default_safe_and_name_the_bad_key() {
+        let base = "[xmpp]\njid = \"sip.example.com\"\nserver = \"127.0.0.1:5347\"\nsecret = \"s\"\ndomains = [\"example.com\"]\n";
+        let t = Config::parse(base).unwrap().sip.trust;
+        assert!(t.trusted_peers.is_empty(), "nobody trusted by default");
+        assert_eq!((t.rate, t.burst), (100, 400));
+        assert_eq!((t.subscribe_rate, t.subscribe_burst), (10, 50));
+        assert_eq!(t.own_domains, vec!["example.com".to_string()]);
+        let x = Config::parse(base).unwrap().xmpp;
+        assert_eq!(
+            x.rate_limit_per_jid, 0,
+            "the per-JID limit is off by default"
+        );
+        let x = Config::parse(&base.replace("domains = ", "rate_limit_per_jid = 5\ndomains = "))
+            .unwrap()
+            .xmpp;
+        assert_eq!((x.rate_limit_per_jid, x.rate_burst_per_jid), (5, 20));
+        let e = Config::parse(&base.replace(
+            "domains = ",
+            "rate_limit_per_jid = 5\nrate_burst_per_jid = 1\ndomains = ",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("xmpp.rate_burst_per_jid: "), "{e}");
+        let t = Config::parse(&format!(
+            "{base}[sip]\ntrusted_peers = [\"10.0.0.0/8\", \"::1\"]\nrate_limit = 0\n"
+        ))
+        .unwrap()
+        .sip
+        .trust;
+        assert_eq!(t.trusted_peers.len(), 2);
+        assert_eq!(t.rate, 0, "0 turns the limit off");
+        for (extra, key) in [
+            ("trusted_peers = [\"10.0.0.1/8\"]", "sip.trusted_peers[0]: "),
+            (
+                "trusted_peers = [\"proxy.example.net\"]",
+                "sip.trusted_peers[0]: ",
+            ),
+            ("rate_limit = 10\nrate_burst = 5", "sip.rate_burst: "),
+            (
+                "subscribe_rate_per_domain = 2000000",
+                "sip.subscribe_rate_per_domain: ",
+            ),
+        ] {
+            let e = Config::parse(&format!("{base}[sip]\n{extra}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(key), "{extra}: {e}");
+        }
+    }
+
+    #[test]
     fn presence_and_store_keys_are_checked() {
         let base = "[xmpp]\njid = \"sip.example.com\"\nserver = \"127.0.0.1:5347\"\nsecret = \"s\"\ndomains = [\"example.com\"]\n";
         let c = Config::parse(base).unwrap();
@@ -1630,6 +1798,11 @@ domains = ["example.com"]
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("presence.expires: "), "{e}");
+        assert_eq!(c.presence.min_refresh_s, 60);
+        let e = Config::parse(&format!("{base}[presence]\nmin_refresh_s = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("presence.min_refresh_s: "), "{e}");
         let e = Config::parse(&format!("{base}[presence]\non_sip_end = \"drop\"\n"))
             .unwrap_err()
             .to_string();

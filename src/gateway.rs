@@ -101,13 +101,19 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
     )
     .await
     .map_err(RunError::Msrp)?;
+    let jid_limit = crate::xmpp::limit::JidLimit::new(
+        config.xmpp.rate_limit_per_jid,
+        config.xmpp.rate_burst_per_jid,
+    );
     tokio::spawn(route_xmpp(
         inbound,
+        jid_limit,
         im.clone(),
         presence.clone(),
         chat.clone(),
     ));
-    tokio::spawn(route_sip(sip_requests, im, presence, chat));
+    let trust = crate::sip::trust::Trust::new(&config.sip.trust);
+    tokio::spawn(route_sip(sip_requests, trust, im, presence, chat));
     let registration = config.sip.register.as_ref().map(|r| {
         let transport = config
             .sip
@@ -131,6 +137,7 @@ const IN_FLIGHT: usize = 4096;
 
 async fn route_xmpp(
     mut inbound: mpsc::Receiver<Stanza>,
+    mut jid_limit: crate::xmpp::limit::JidLimit,
     im: Arc<Im>,
     presence: PresenceHandle,
     chat: Option<ChatHandle>,
@@ -143,6 +150,13 @@ async fn route_xmpp(
             s = inbound.recv() => s,
         };
         let Some(stanza) = stanza else { break };
+        if let Stanza::Message(m) = &stanza {
+            if let Some(e) = jid_limit.check(std::time::Instant::now(), m) {
+                tracing::debug!(from = ?m.from, "XMPP message over xmpp.rate_limit_per_jid; bounced.");
+                im.xmpp.send(e);
+                continue;
+            }
+        }
         match stanza {
             Stanza::Iq(iq) => {
                 if let Some(reply) = service::handle_iq(iq, &im.addresses) {
@@ -165,6 +179,7 @@ async fn route_xmpp(
 
 async fn route_sip(
     mut requests: mpsc::Receiver<IncomingRequest>,
+    mut trust: crate::sip::trust::Trust,
     im: Arc<Im>,
     presence: PresenceHandle,
     chat: Option<ChatHandle>,
@@ -177,6 +192,14 @@ async fn route_sip(
             r = requests.recv() => r,
         };
         let Some(incoming) = incoming else { break };
+        // An ACK or a CANCEL the core answered gets no response and starts nothing.
+        let Some(incoming) = (if incoming.responder.expects_response() {
+            admit(&mut trust, incoming)
+        } else {
+            Some(incoming)
+        }) else {
+            continue;
+        };
         match incoming.request.method {
             Method::Invite | Method::Ack | Method::Bye | Method::Cancel if chat.is_some() => {
                 if let Some(c) = &chat {
@@ -195,4 +218,28 @@ async fn route_sip(
         }
     }
     while in_flight.next().await.is_some() {}
+}
+
+/// `sip.trusted_peers` and the limits for everyone else: the request back if it may go on,
+/// else it is answered here (403, or 503 with Retry-After).
+fn admit(
+    trust: &mut crate::sip::trust::Trust,
+    incoming: IncomingRequest,
+) -> Option<IncomingRequest> {
+    use crate::sip::trust::Verdict;
+    let remote = incoming.source.remote;
+    match trust.check(std::time::Instant::now(), &incoming.request, remote.ip()) {
+        Verdict::Pass => Some(incoming),
+        Verdict::Forbidden(why) => {
+            tracing::info!(%remote, method = %incoming.request.method, %why, "SIP request from an untrusted source refused with 403.");
+            let r = crate::sip::message::response_to(&incoming.request, 403, Some(why), "");
+            incoming.responder.respond(r);
+            None
+        }
+        Verdict::Limited(retry) => {
+            tracing::debug!(%remote, method = %incoming.request.method, retry, "SIP request over the rate limit for untrusted sources; answered 503.");
+            incoming.refuse_for(retry);
+            None
+        }
+    }
 }

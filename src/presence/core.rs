@@ -65,6 +65,9 @@ pub struct PresenceSettings {
     pub seen_window_ms: u64,
     /// Wait before retrying a SUBSCRIBE that timed out or got 5xx/probation.
     pub retry_ms: u64,
+    /// The soonest stox refreshes a subscription it holds, however short the expiry a
+    /// notifier grants (seconds): a notifier cannot drive a refresh loop (issue 11 item 6).
+    pub min_refresh_s: u32,
     /// When a SIP watcher's subscription ends (expiry, Expires: 0), also end the XMPP
     /// subscription it created (`unsubscribe` to the user). Default: keep it.
     pub end_xmpp_with_sip: bool,
@@ -84,6 +87,7 @@ impl Default for PresenceSettings {
             probe_exempt: Vec::new(),
             seen_window_ms: 7 * 86_400_000,
             retry_ms: 60_000,
+            min_refresh_s: 60,
             end_xmpp_with_sip: false,
             contact: "sip:stox@127.0.0.1".into(),
         }
@@ -125,6 +129,17 @@ pub struct Outbound {
     pub seen_at: Millis,
     /// When the SIP side's subscription runs out (0: not subscribed).
     pub expires_at: Millis,
+    /// The Expires this subscription asks for when a notifier's 423 raised it above
+    /// `presence.expires` (0: that setting). One peer's Min-Expires is that peer's only.
+    #[serde(default)]
+    pub expires: u32,
+    /// When stox last sent a SUBSCRIBE for it (not stored): the next comes no sooner than
+    /// `presence.min_refresh_s` after, whatever the notifier answers or grants.
+    #[serde(skip)]
+    pub subscribed_at: Millis,
+    /// The retry after a 423 goes at once, once.
+    #[serde(skip)]
+    pub after_423: bool,
     /// The next thing to do for it (refresh, retry).
     pub next_at: Millis,
     /// The contact's tuples from the last NOTIFY: the next one says what changed, and the
@@ -283,6 +298,13 @@ fn bare(j: &Jid) -> String {
 
 fn secs(s: u32) -> Millis {
     u64::from(s) * 1000
+}
+
+/// When to refresh a subscription granted for `granted` seconds at `now`: before it
+/// expires (`refresh_after`), but never sooner than `floor` seconds, however short the grant.
+fn refresh_at(now: Millis, granted: u32, floor: u32) -> Millis {
+    let before = refresh_after(std::time::Duration::from_secs(granted.into())).as_millis() as u64;
+    now + before.max(secs(floor))
 }
 
 /// The whole SUBSCRIBE/NOTIFY answer for what cannot be handled.
@@ -734,6 +756,9 @@ impl PresenceCore {
             told_subscribed: told,
             seen_at: now,
             expires_at: 0,
+            expires: 0,
+            subscribed_at: 0,
+            after_423: false,
             next_at: 0,
             remote: RemotePresence::new(),
         };
@@ -742,9 +767,42 @@ impl PresenceCore {
         true
     }
 
+    /// The Expires a subscription stox holds asks for: `presence.expires`, or more after
+    /// that notifier's 423.
+    fn out_expires(&self, key: &str) -> u32 {
+        self.outs
+            .get(key)
+            .map_or(0, |o| o.expires)
+            .max(self.settings.expires)
+    }
+
+    /// Whether a SUBSCRIBE now would come sooner than `presence.min_refresh_s` after the
+    /// last one; if so it is put off until then (issue 11 item 6: a notifier that grants
+    /// 1 s, answers 481 or terminates at once cannot make stox re-SUBSCRIBE in a loop).
+    fn put_off_by_floor(&mut self, now: Millis, key: &str) -> bool {
+        let floor = secs(self.settings.min_refresh_s);
+        let Some(o) = self.outs.get_mut(key) else {
+            return false;
+        };
+        if o.after_423 || o.subscribed_at == 0 || now >= o.subscribed_at + floor {
+            return false;
+        }
+        let at = o.subscribed_at + floor;
+        if o.dialog.is_none() {
+            o.state = OutState::Retrying;
+        }
+        tracing::debug!(%key, wait_ms = at - now, "SUBSCRIBE put off: the last one was less than presence.min_refresh_s ago.");
+        self.schedule_out(key, at);
+        self.save_out(key);
+        true
+    }
+
     /// A SUBSCRIBE outside any dialog (the first, or after the dialog was lost).
     fn send_new_subscribe(&mut self, now: Millis, key: &str) {
-        let expires = self.settings.expires;
+        if self.put_off_by_floor(now, key) {
+            return;
+        }
+        let expires = self.out_expires(key);
         let contact = self.settings.contact.clone();
         let Some(o) = self.outs.get_mut(key) else {
             return;
@@ -761,6 +819,8 @@ impl PresenceCore {
         };
         o.from_tag = random_token(10);
         o.cseq = 1;
+        o.subscribed_at = now;
+        o.after_423 = false;
         o.dialog = None;
         o.dialog_from_2xx = false;
         o.state = OutState::Subscribing;
@@ -783,6 +843,12 @@ impl PresenceCore {
 
     /// A refresh (or with `expires` 0, the end) inside the dialog, or a new SUBSCRIBE.
     fn send_refresh(&mut self, now: Millis, key: &str, expires: u32) {
+        if expires > 0
+            && self.outs.get(key).is_some_and(|o| o.dialog.is_some())
+            && self.put_off_by_floor(now, key)
+        {
+            return;
+        }
         let contact = self.settings.contact.clone();
         let Some(o) = self.outs.get_mut(key) else {
             return;
@@ -816,7 +882,9 @@ impl PresenceCore {
             }
         };
         if expires > 0 {
-            o.next_at = now + secs(self.settings.expires);
+            o.next_at = now + secs(expires);
+            o.subscribed_at = now;
+            o.after_423 = false;
         }
         self.sip(request, true, pending);
     }
@@ -900,7 +968,8 @@ impl PresenceCore {
         self.seen.insert(user.to_string(), now);
         if let Some((_, keys)) = self.probes.remove(user) {
             for key in keys {
-                self.send_refresh(now, &key, self.settings.expires);
+                let expires = self.out_expires(&key);
+                self.send_refresh(now, &key, expires);
             }
         }
     }
@@ -1358,10 +1427,7 @@ impl PresenceCore {
             SubState::Active | SubState::Pending => {
                 if let Some(e) = state.expires {
                     o.expires_at = now + secs(e);
-                    let refresh = now
-                        + refresh_after(std::time::Duration::from_secs(e.into())).as_millis()
-                            as u64;
-                    o.next_at = refresh;
+                    o.next_at = refresh_at(now, e, self.settings.min_refresh_s);
                 }
                 let first_active = state.state == SubState::Active && !o.told_subscribed;
                 o.state = if state.state == SubState::Active {
@@ -1529,9 +1595,7 @@ impl PresenceCore {
                     .and_then(|e| e.parse::<u32>().ok())
                     .unwrap_or(expires);
                 o.expires_at = now + secs(granted);
-                let next = now
-                    + refresh_after(std::time::Duration::from_secs(granted.into())).as_millis()
-                        as u64;
+                let next = refresh_at(now, granted, self.settings.min_refresh_s);
                 match &mut o.dialog {
                     Some(d) => d.on_refresh_response(&r),
                     None => {
@@ -1551,9 +1615,14 @@ impl PresenceCore {
             SipResult::Response(r) if r.status_code.code() == 423 => {
                 let min =
                     header_value(&r.headers, "Min-Expires").and_then(|e| e.parse::<u32>().ok());
+                // RFC 6665 4.1.2.1: ask again with at least Min-Expires, for this
+                // subscription only; a Min-Expires beyond what stox grants its own
+                // watchers (or not above what was asked) ends it.
                 match min {
-                    Some(m) if m > expires => {
-                        self.settings.expires = self.settings.expires.max(m);
+                    Some(m) if m > expires && m <= self.settings.max_expires => {
+                        o.expires = m;
+                        // Once: a retry that itself gets 423 waits for the floor.
+                        o.after_423 = expires <= self.settings.expires;
                         self.send_refresh(now, key, m);
                     }
                     _ => self.give_up(key),
@@ -1667,7 +1736,7 @@ impl PresenceCore {
             .iter()
             .any(|d| d.eq_ignore_ascii_case(&domain))
         {
-            self.send_refresh(now, key, self.settings.expires);
+            self.send_refresh(now, key, self.out_expires(key));
             return;
         }
         let recently = self
@@ -1679,7 +1748,7 @@ impl PresenceCore {
             if let (Ok(gw), Ok(to)) = (Jid::new(self.addresses.component()), Jid::new(&user)) {
                 self.stanza(Presence::new(PresenceType::Probe).with_from(gw).with_to(to));
             }
-            self.send_refresh(now, key, self.settings.expires);
+            self.send_refresh(now, key, self.out_expires(key));
             return;
         }
         let deadline = now + self.settings.probe_timeout_ms;

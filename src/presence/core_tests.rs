@@ -355,7 +355,8 @@ fn a_rejected_subscription_is_unsubscribed_and_a_timeout_one_is_renewed() {
     let mut c = core(|_| {});
     let s = subscribed(&mut c);
     drain(&mut c);
-    c.handle_sip_request(T0 + 100, &notify(&s, 2, "terminated;reason=timeout", ""))
+    // After presence.min_refresh_s: sooner, the new SUBSCRIBE would wait for it.
+    c.handle_sip_request(T0 + 60_100, &notify(&s, 2, "terminated;reason=timeout", ""))
         .unwrap();
     let out = drain(&mut c);
     assert!(!out.sip[0].2, "a new SUBSCRIBE, outside the old dialog");
@@ -364,8 +365,11 @@ fn a_rejected_subscription_is_unsubscribed_and_a_timeout_one_is_renewed() {
         header_value(&s2.headers, "Call-ID"),
         header_value(&s.headers, "Call-ID")
     );
-    c.handle_sip_request(T0 + 200, &notify(&s2, 1, "terminated;reason=rejected", ""))
-        .unwrap();
+    c.handle_sip_request(
+        T0 + 60_200,
+        &notify(&s2, 1, "terminated;reason=rejected", ""),
+    )
+    .unwrap();
     let out = drain(&mut c);
     assert!(
         out.stanzas
@@ -909,4 +913,128 @@ fn a_subscription_whose_dialog_came_from_the_2xx_takes_its_route_set_from_the_fi
         ["<sip:p1.example.com;lr>", "<sip:p2.example.net;lr>"],
         "{unsubscribe}"
     );
+}
+
+fn answer_for(r: &Request, status: &str, extra: &str) -> Response {
+    let h = &r.headers;
+    resp(&format!(
+        "SIP/2.0 {status}\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKx\r\n\
+         From: {}\r\nTo: {};tag=r9\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}Content-Length: 0\r\n\r\n",
+        header_value(h, "From").unwrap(),
+        header_value(h, "To").unwrap(),
+        header_value(h, "Call-ID").unwrap(),
+        header_value(h, "CSeq").unwrap(),
+    ))
+}
+
+/// Steps the clock a second at a time from `from` to `to` (exclusive) and returns every
+/// SIP request the core sent meanwhile.
+fn sent_between(c: &mut PresenceCore, from: Millis, to: Millis) -> Vec<Request> {
+    let mut sent = Vec::new();
+    let mut t = from;
+    while t < to {
+        c.handle_timeout(t);
+        sent.extend(drain(c).sip.into_iter().map(|(_, r, _)| r));
+        t += 1000;
+    }
+    sent
+}
+
+#[test]
+fn a_notifier_granting_one_second_is_refreshed_no_sooner_than_the_floor() {
+    let mut c = core(|s| s.probe_exempt = vec!["example.com".into()]);
+    c.handle_xmpp(T0, presence(JULIET_SUBSCRIBES));
+    let (token, s, _) = drain(&mut c).sip.into_iter().next().unwrap();
+    c.handle_sip_result(
+        T0 + 50,
+        token,
+        SipResult::Response(ok_for(&s, "Expires: 1\r\n")),
+    );
+    c.handle_sip_request(T0 + 60, &notify(&s, 1, "active;expires=1", &pidf_open("x")))
+        .unwrap();
+    drain(&mut c);
+    assert_eq!(next_at(&c), T0 + 60 + 60_000, "the floor, not 90% of 1 s");
+    let early = sent_between(&mut c, T0 + 100, T0 + 60_000);
+    assert!(early.is_empty(), "refreshed within the floor: {early:?}");
+    let at_floor = sent_between(&mut c, T0 + 60_060, T0 + 61_060);
+    assert_eq!(at_floor.len(), 1, "{at_floor:?}");
+    assert!(at_floor[0].to_string().contains("Expires: 3600"));
+}
+
+#[test]
+fn a_notifier_terminating_at_once_does_not_drive_a_resubscribe_loop() {
+    let mut c = core(|s| s.probe_exempt = vec!["example.com".into()]);
+    let s = subscribed(&mut c);
+    drain(&mut c);
+    // terminated;reason=timeout asks for a new SUBSCRIBE at once (RFC 6665 4.1.3); the
+    // first came at T0, so the next waits for T0 + the floor. A 481 to that one the same.
+    c.handle_sip_request(T0 + 100, &notify(&s, 2, "terminated;reason=timeout", ""))
+        .unwrap();
+    let early = sent_between(&mut c, T0 + 100, T0 + 60_000);
+    assert!(early.is_empty(), "{early:?}");
+    c.handle_timeout(T0 + 60_000);
+    let out = drain(&mut c);
+    assert_eq!(out.sip.len(), 1, "{:?}", out.sip);
+    let (token, s2, in_dialog) = out.sip.into_iter().next().unwrap();
+    assert!(!in_dialog);
+    c.handle_sip_result(
+        T0 + 60_050,
+        token,
+        SipResult::Response(answer_for(&s2, "481 Call/Transaction Does Not Exist", "")),
+    );
+    let again = sent_between(&mut c, T0 + 60_050, T0 + 120_000);
+    assert!(again.is_empty(), "{again:?}");
+    let later = sent_between(&mut c, T0 + 120_000, T0 + 121_000);
+    assert_eq!(later.len(), 1, "{later:?}");
+}
+
+#[test]
+fn a_423_raises_only_that_subscriptions_expiry_and_is_retried_at_once_only_once() {
+    let mut c = core(|s| s.probe_exempt = vec!["example.com".into()]);
+    c.handle_xmpp(T0, presence(JULIET_SUBSCRIBES));
+    let (token, s, _) = drain(&mut c).sip.into_iter().next().unwrap();
+    c.handle_sip_result(
+        T0 + 50,
+        token,
+        SipResult::Response(answer_for(
+            &s,
+            "423 Interval Too Brief",
+            "Min-Expires: 7200\r\n",
+        )),
+    );
+    let out = drain(&mut c);
+    assert_eq!(out.sip.len(), 1, "retried at once");
+    let (token, s2, _) = out.sip.into_iter().next().unwrap();
+    assert!(s2.to_string().contains("Expires: 7200"), "{s2}");
+
+    // Another subscription of the same gateway still asks for presence.expires.
+    c.handle_xmpp(
+        T0 + 100,
+        presence(
+            "<presence xmlns='jabber:component:accept' type='subscribe' \
+             from='juliet@example.com/balcony' to='mercutio\\40example.net@sip.example.com'/>",
+        ),
+    );
+    let out = drain(&mut c);
+    let other = &out.sip[0].1;
+    assert!(
+        other.to_string().contains("Expires: 3600"),
+        "one peer's 423 changed another subscription: {other}"
+    );
+
+    // The retry itself gets 423 again: no second retry at once (no loop of 423s).
+    c.handle_sip_result(
+        T0 + 150,
+        token,
+        SipResult::Response(answer_for(
+            &s2,
+            "423 Interval Too Brief",
+            "Min-Expires: 7201\r\n",
+        )),
+    );
+    let out = drain(&mut c);
+    assert!(out.sip.is_empty(), "{:?}", out.sip);
+    let later = sent_between(&mut c, T0 + 60_050, T0 + 61_050);
+    assert_eq!(later.len(), 1, "{later:?}");
+    assert!(later[0].to_string().contains("Expires: 7201"));
 }

@@ -97,6 +97,7 @@ pub fn settings(config: &Config, contact: String) -> PresenceSettings {
         probe_exempt: p.probe_exempt_domains.clone(),
         seen_window_ms: p.seen_window_s.saturating_mul(1000),
         retry_ms: p.retry_ms,
+        min_refresh_s: p.min_refresh_s,
         end_xmpp_with_sip: p.on_sip_end == OnSipEnd::Unsubscribe,
         contact,
     }

@@ -84,9 +84,16 @@ pub struct IncomingRequest {
 impl IncomingRequest {
     /// Answers 503 with Retry-After: the part of stox it was meant for is saturated.
     pub fn refuse_busy(self) {
+        self.refuse_for(5)
+    }
+
+    /// Answers 503 with `Retry-After: seconds` (a rate limit says how long).
+    pub fn refuse_for(self, seconds: u32) {
         let mut r = message::response_to(&self.request, 503, None, "");
         r.headers
-            .push(Header::RetryAfter(rsipstack::sip::RetryAfter::new("5")));
+            .push(Header::RetryAfter(rsipstack::sip::RetryAfter::new(
+                seconds.to_string(),
+            )));
         self.responder.respond(r);
     }
 }

@@ -17,6 +17,7 @@ pub mod register;
 pub mod subscription;
 pub mod tls;
 pub mod transaction;
+pub mod trust;
 
 pub use rsipstack::sip::{Method, Request, Response, SipMessage};
 

@@ -2,5 +2,6 @@
 
 #[cfg(test)]
 mod fuzz;
+pub mod limit;
 pub mod link;
 pub mod service;

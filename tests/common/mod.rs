@@ -428,6 +428,13 @@ impl Stox {
     ) -> String {
         let db = dir.join("stox.db");
         let db = db.display();
+        // The tests' SIP peers send from 127.0.0.1: trusted unless a test says otherwise
+        // (the shipped default trusts nobody). tests/trust.rs sends from 127.0.0.2.
+        let trusted = if extra.contains("trusted_peers") {
+            ""
+        } else {
+            "trusted_peers = [\"127.0.0.1\"]\n"
+        };
         format!(
             r#"[store]
 path = "{db}"
@@ -441,7 +448,7 @@ reconnect_max_ms = 500
 
 [sip]
 listen = [{listen}]
-{extra}
+{trusted}{extra}
 "#
         )
     }
@@ -1033,6 +1040,29 @@ impl XmppClient {
             l.starts_with("STANZA ") && needles.iter().all(|n| l.contains(n))
         });
         line["STANZA ".len()..].to_string()
+    }
+
+    /// The next stanza with every one of `needles`, or None when none came within
+    /// `timeout` (for waiting on one of several events in turn).
+    pub fn try_stanza(&mut self, needles: &[&str], timeout: Duration) -> Option<String> {
+        if let Some(i) = self
+            .seen
+            .iter()
+            .position(|s| needles.iter().all(|n| s.contains(n)))
+        {
+            return Some(self.seen.remove(i));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let l = self.lines.recv_timeout(left).ok()?;
+            if let Some(s) = l.strip_prefix("STANZA ") {
+                if needles.iter().all(|n| s.contains(n)) {
+                    return Some(s.to_string());
+                }
+                self.seen.push(s.to_string());
+            }
+        }
     }
 
     pub fn stanzas_seen(&self) -> &[String] {

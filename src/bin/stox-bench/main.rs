@@ -550,6 +550,8 @@ max_total = 1000000
 
 [sip]
 listen = ["udp:127.0.0.1:{port}"]
+# The load comes from 127.0.0.1; trusted, so the per-source limits do not apply.
+trusted_peers = ["127.0.0.1"]
 
 [sip.routes]
 "sip.test" = "sip:127.0.0.1:{sink};transport=udp"
