@@ -5,6 +5,7 @@
 pub mod address;
 pub mod chat;
 pub mod config;
+pub mod destination;
 pub mod gateway;
 pub mod im;
 pub mod mapping;
