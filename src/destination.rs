@@ -16,10 +16,10 @@
 //!   (unless inside `sip.allowed_destinations`), or the port is below 1024.
 //!
 //! The port rule: SIP's own ports (5060, 5061) and MSRP's ephemeral a=path ports are all
-//! >= 1024, while the services a cross-protocol request could abuse by line-oriented
-//! parsing (SMTP 25, HTTP 80, POP 110, IMAP 143, ...) sit below 1024. stox writes only
-//! whole SIP or MSRP messages, so a reply on a port >= 1024 is a failed transaction at
-//! worst. A port below 1024 is reached only through config (a route or the proxy).
+//! at or above 1024, while the services a cross-protocol request could abuse by
+//! line-oriented parsing (SMTP 25, HTTP 80, POP 110, IMAP 143, ...) sit below 1024. stox
+//! writes only whole SIP or MSRP messages, so a reply on a higher port is a failed
+//! transaction at worst. A port below 1024 is reached only through config.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
