@@ -21,8 +21,10 @@
 //! writes only whole SIP or MSRP messages, so a reply on a higher port is a failed
 //! transaction at worst. A port below 1024 is reached only through config.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 /// Who picked a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +210,50 @@ impl Policy {
     }
 }
 
+/// The addresses SIP peers spoke from lately (a request stox took, an answer to a
+/// request stox sent): `Chosen::Peer` for what goes back there. Bounded; the oldest entry
+/// makes room. A UDP source can be forged, which is why a peer keeps the port rule.
+#[derive(Debug, Default)]
+pub struct Peers {
+    seen: HashMap<IpAddr, Instant>,
+}
+
+/// How long an address counts as a peer's after its last message.
+pub const PEER_TTL: Duration = Duration::from_secs(3600);
+/// Addresses remembered at once.
+pub const MAX_PEERS: usize = 4096;
+
+impl Peers {
+    pub fn note(&mut self, ip: IpAddr, now: Instant) {
+        let ip = canonical(ip);
+        if self.seen.len() >= MAX_PEERS && !self.seen.contains_key(&ip) {
+            self.seen
+                .retain(|_, t| now.saturating_duration_since(*t) < PEER_TTL);
+            if self.seen.len() >= MAX_PEERS {
+                if let Some(oldest) = self.seen.iter().min_by_key(|(_, t)| **t).map(|(a, _)| *a) {
+                    self.seen.remove(&oldest);
+                }
+            }
+        }
+        self.seen.insert(ip, now);
+    }
+
+    pub fn contains(&self, ip: IpAddr, now: Instant) -> bool {
+        self.seen
+            .get(&canonical(ip))
+            .is_some_and(|t| now.saturating_duration_since(*t) < PEER_TTL)
+    }
+
+    /// `chosen`, raised to `Peer` when a remote party chose a peer's own address.
+    pub fn vouch(&self, ip: IpAddr, chosen: Chosen, now: Instant) -> Chosen {
+        if chosen == Chosen::Remote && self.contains(ip, now) {
+            Chosen::Peer
+        } else {
+            chosen
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,5 +399,30 @@ mod tests {
         let odd = Cidr::parse("172.16.0.0/12").unwrap();
         assert!(odd.contains("172.31.1.1".parse().unwrap()));
         assert!(!odd.contains("172.32.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_peer_address_counts_for_a_while_and_the_set_stays_bounded() {
+        let t0 = Instant::now();
+        let mut peers = Peers::default();
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(peers.vouch(ip, Chosen::Remote, t0), Chosen::Remote);
+        peers.note("::ffff:10.0.0.7".parse().unwrap(), t0);
+        assert_eq!(peers.vouch(ip, Chosen::Remote, t0), Chosen::Peer);
+        assert_eq!(peers.vouch(ip, Chosen::Config, t0), Chosen::Config);
+        assert!(!peers.contains(ip, t0 + PEER_TTL));
+        for i in 0..(MAX_PEERS as u32 + 10) {
+            peers.note(
+                IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)),
+                t0 + Duration::from_millis(i as u64 + 1),
+            );
+        }
+        assert_eq!(peers.seen.len(), MAX_PEERS);
+        // The oldest went first; the newest is there.
+        assert!(!peers.contains(ip, t0 + Duration::from_secs(5)));
+        assert!(peers.contains(
+            IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + MAX_PEERS as u32 + 9)),
+            t0 + Duration::from_secs(5)
+        ));
     }
 }
