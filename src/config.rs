@@ -164,6 +164,16 @@ pub struct SipConfig {
     pub idle_timeout_ms: u64,
     /// TCP and TLS connections accepted and open at once; outbound ones have as many again.
     pub max_connections: usize,
+    /// Accepted TCP and TLS connections open at once from one IP address.
+    pub max_connections_per_address: usize,
+    /// A message begun on a TCP or TLS connection must be complete within this (slowloris).
+    pub read_timeout_ms: u64,
+    /// A message the peer has not taken (written and flushed) within this long closes its
+    /// TCP or TLS connection.
+    pub write_timeout_ms: u64,
+    /// Server transactions held at once (answered ones included, until their timer J/H
+    /// ends); a new request beyond it gets 503 with Retry-After.
+    pub max_server_transactions: usize,
     /// Digest credentials, one per realm (`[[sip.credentials]]`).
     pub credentials: Vec<Credential>,
     /// Registration of stox at a registrar (`[sip.register]`).
@@ -228,7 +238,7 @@ impl Default for RuntimeConfig {
 
 /// `[msrp]`: the MSRP (RFC 4975) listener of chat sessions. Chat sessions are on only
 /// when `listen` is set; without it type=chat messages go as pager-mode MESSAGEs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MsrpConfig {
     pub listen: Option<SocketAddr>,
     /// The host written in a=path (and SDP c=) when the listen address is not reachable.
@@ -238,6 +248,25 @@ pub struct MsrpConfig {
     pub tls_listen: Option<SocketAddr>,
     /// Offer msrps in every INVITE, not only when the SIP leg is secure.
     pub prefer_tls: bool,
+    /// Accepted MSRP connections open at once (both listeners each), bound to a session or
+    /// not; one beyond is closed at once.
+    pub max_connections: usize,
+    /// An accepted connection without a complete, routable first request by then is
+    /// closed.
+    pub first_request_timeout_ms: u64,
+}
+
+impl Default for MsrpConfig {
+    fn default() -> Self {
+        MsrpConfig {
+            listen: None,
+            advertise: None,
+            tls_listen: None,
+            prefer_tls: false,
+            max_connections: 2048,
+            first_request_timeout_ms: 5_000,
+        }
+    }
 }
 
 /// `[chat]`: limits of chat sessions (RFC 7573).
@@ -355,6 +384,8 @@ struct RawMsrp {
     tls_listen: Option<String>,
     #[serde(default)]
     prefer_tls: bool,
+    max_connections: Option<usize>,
+    first_request_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -440,6 +471,14 @@ struct RawSip {
     idle_timeout_ms: Option<u64>,
     #[serde(default)]
     max_connections: Option<usize>,
+    #[serde(default)]
+    max_connections_per_address: Option<usize>,
+    #[serde(default)]
+    read_timeout_ms: Option<u64>,
+    #[serde(default)]
+    write_timeout_ms: Option<u64>,
+    #[serde(default)]
+    max_server_transactions: Option<usize>,
     #[serde(default)]
     credentials: Vec<RawCredential>,
     #[serde(default)]
@@ -763,6 +802,34 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "must be between 1 and 1000000",
         ));
     }
+    let max_connections_per_address = raw.sip.max_connections_per_address.unwrap_or(100);
+    if !(1..=1_000_000).contains(&max_connections_per_address) {
+        return Err(ConfigError::new(
+            "sip.max_connections_per_address",
+            "must be between 1 and 1000000",
+        ));
+    }
+    let read_timeout_ms = raw.sip.read_timeout_ms.unwrap_or(30_000);
+    if !(100..=3_600_000).contains(&read_timeout_ms) {
+        return Err(ConfigError::new(
+            "sip.read_timeout_ms",
+            "must be between 100 and 3600000",
+        ));
+    }
+    let write_timeout_ms = raw.sip.write_timeout_ms.unwrap_or(10_000);
+    if !(100..=3_600_000).contains(&write_timeout_ms) {
+        return Err(ConfigError::new(
+            "sip.write_timeout_ms",
+            "must be between 100 and 3600000",
+        ));
+    }
+    let max_server_transactions = raw.sip.max_server_transactions.unwrap_or(1_000_000);
+    if !(1..=100_000_000).contains(&max_server_transactions) {
+        return Err(ConfigError::new(
+            "sip.max_server_transactions",
+            "must be between 1 and 100000000",
+        ));
+    }
     let tls = match raw.sip.tls {
         Some(t) => {
             let context = crate::sip::tls::TlsContext::load(
@@ -840,6 +907,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             tls,
             idle_timeout_ms,
             max_connections,
+            max_connections_per_address,
+            read_timeout_ms,
+            write_timeout_ms,
+            max_server_transactions,
             credentials,
             register,
             allowed_destinations,
@@ -921,11 +992,30 @@ fn validate_msrp(raw: RawMsrp, have_tls: bool) -> Result<MsrpConfig, ConfigError
             ));
         }
     }
+    let d = MsrpConfig::default();
+    let max_connections = raw.max_connections.unwrap_or(d.max_connections);
+    if !(1..=1_000_000).contains(&max_connections) {
+        return Err(ConfigError::new(
+            "msrp.max_connections",
+            "must be between 1 and 1000000",
+        ));
+    }
+    let first_request_timeout_ms = raw
+        .first_request_timeout_ms
+        .unwrap_or(d.first_request_timeout_ms);
+    if !(100..=600_000).contains(&first_request_timeout_ms) {
+        return Err(ConfigError::new(
+            "msrp.first_request_timeout_ms",
+            "must be between 100 and 600000",
+        ));
+    }
     Ok(MsrpConfig {
         listen,
         advertise,
         tls_listen,
         prefer_tls: raw.prefer_tls,
+        max_connections,
+        first_request_timeout_ms,
     })
 }
 
@@ -1394,6 +1484,37 @@ domains = ["example.com"]
     }
 
     #[test]
+    fn stream_and_transaction_bounds_have_safe_defaults_and_are_checked() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.sip.max_connections_per_address, 100);
+        assert_eq!(c.sip.read_timeout_ms, 30_000);
+        assert_eq!(c.sip.write_timeout_ms, 10_000);
+        assert_eq!(c.sip.max_server_transactions, 1_000_000);
+        let c = Config::parse(&format!(
+            "{MINIMAL}[sip]\nmax_connections_per_address = 3\nread_timeout_ms = 2000\nwrite_timeout_ms = 1000\nmax_server_transactions = 10\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                c.sip.max_connections_per_address,
+                c.sip.read_timeout_ms,
+                c.sip.write_timeout_ms,
+                c.sip.max_server_transactions
+            ),
+            (3, 2000, 1000, 10)
+        );
+        for (key, value) in [
+            ("max_connections_per_address", "0"),
+            ("read_timeout_ms", "10"),
+            ("write_timeout_ms", "0"),
+            ("max_server_transactions", "0"),
+        ] {
+            let e = err(&format!("{MINIMAL}[sip]\n{key} = {value}\n"));
+            assert!(e.starts_with(&format!("sip.{key}: ")), "{e}");
+        }
+    }
+
+    #[test]
     fn runtime_worker_threads_defaults_to_one_and_is_checked() {
         let base = "[xmpp]\njid = \"sip.example.com\"\nserver = \"127.0.0.1:5347\"\nsecret = \"s\"\ndomains = [\"example.com\"]\n";
         assert_eq!(Config::parse(base).unwrap().runtime.worker_threads, 1);
@@ -1407,6 +1528,32 @@ domains = ["example.com"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("workers"), "{e}");
+    }
+
+    #[test]
+    fn msrp_listener_bounds_have_safe_defaults_and_are_checked() {
+        let base = "[xmpp]\njid = \"sip.example.com\"\nserver = \"127.0.0.1:5347\"\nsecret = \"s\"\ndomains = [\"example.com\"]\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.msrp.max_connections, 2048);
+        assert_eq!(c.msrp.first_request_timeout_ms, 5000);
+        let c = Config::parse(&format!(
+            "{base}[msrp]\nmax_connections = 16\nfirst_request_timeout_ms = 1500\n"
+        ))
+        .unwrap();
+        assert_eq!(c.msrp.max_connections, 16);
+        assert_eq!(c.msrp.first_request_timeout_ms, 1500);
+        for (bad, key) in [
+            ("max_connections = 0", "msrp.max_connections: "),
+            (
+                "first_request_timeout_ms = 10",
+                "msrp.first_request_timeout_ms: ",
+            ),
+        ] {
+            let e = Config::parse(&format!("{base}[msrp]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
     }
 
     #[test]

@@ -49,7 +49,7 @@ use crate::msrp::uri::MsrpUri;
 use crate::presence::Availability;
 use crate::sip::core::random_token;
 use crate::sip::dialog::{self, header_value, Dialog};
-use crate::sip::message::response_to;
+use crate::sip::message::{dialog_response_to, response_to};
 
 pub type ChatId = u64;
 
@@ -524,6 +524,8 @@ impl ChatCore {
         msrp::Config {
             chunk_size: self.settings.chunk_size,
             max_message_size: self.settings.max_message_size,
+            // Room for one whole message being reassembled while another begins.
+            max_incoming_bytes: self.settings.max_message_size.saturating_mul(2),
             defer_response: Some(DELIVER_TIMEOUT),
             ..msrp::Config::default()
         }
@@ -1180,7 +1182,9 @@ impl ChatCore {
         tracing::info!(%call_id, msrp_session = chat.msrp_session_id(), "Chat session from SIP accepted.");
         self.chats.insert(id, chat);
         self.by_call_id.insert(call_id, id);
-        let mut r = response_to(request, 200, None, &tag);
+        // RFC 3261 12.1.1: the 2xx carries the Record-Route, or the ACK and BYE bypass the
+        // proxies.
+        let mut r = dialog_response_to(request, 200, None, &tag);
         r.headers.push(make_header("Contact", self.contact()));
         r.headers
             .push(make_header("Content-Type", "application/sdp".to_string()));

@@ -149,13 +149,18 @@ pub async fn start(
     let Some(addr) = config.msrp.listen else {
         return Ok(None);
     };
-    let listener = MsrpListener::bind(addr).await?;
+    let limits = conn::ListenerLimits {
+        max_connections: config.msrp.max_connections,
+        first_request_timeout: Duration::from_millis(config.msrp.first_request_timeout_ms),
+        ..conn::ListenerLimits::default()
+    };
+    let listener = MsrpListener::bind_with(addr, None, limits).await?;
     let local = listener.local_addr();
     tracing::info!(%local, "MSRP listening.");
     let tls = config.sip.tls.as_ref().map(|t| t.context.clone());
     let tls_listener = match (config.msrp.tls_listen, &tls) {
         (Some(a), Some(ctx)) => {
-            let l = MsrpListener::bind_tls(a, ctx.acceptor()).await?;
+            let l = MsrpListener::bind_with(a, Some(ctx.acceptor()), limits).await?;
             tracing::info!(local = %l.local_addr(), "MSRP over TLS (msrps) listening.");
             Some(l)
         }

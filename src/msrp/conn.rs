@@ -21,12 +21,13 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -43,12 +44,60 @@ use super::uri::MsrpUri;
 const HIGH_WATER: usize = 64 * 1024;
 /// Events held for a slow application before reading stops.
 const EVENT_BACKLOG: usize = 64;
-/// How long an accepted connection may take to send its first request.
-const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a write may make no progress before the connection is closed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a TLS handshake may take, either way.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most read from the socket at once (into a buffer on the stack).
 const READ_CHUNK: usize = 16 * 1024;
+
+/// What an accepted connection may cost before it is bound to a session, and how many
+/// there may be (issue 11: one peer must not exhaust the listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Accepted connections open at once, routed or not (`msrp.max_connections`); one
+    /// beyond is closed at once.
+    pub max_connections: usize,
+    /// A connection without a complete, routable first request by then is closed
+    /// (`msrp.first_request_timeout_ms`).
+    pub first_request_timeout: Duration,
+    /// Bytes read before the first request: past them, a connection is closed unless the
+    /// head of its first request names a session that waits (a long first chunk).
+    pub first_request_max_bytes: usize,
+    /// A write without progress for this long closes the connection.
+    pub write_timeout: Duration,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> ListenerLimits {
+        ListenerLimits {
+            max_connections: 2048,
+            first_request_timeout: Duration::from_secs(5),
+            first_request_max_bytes: 64 * 1024,
+            write_timeout: WRITE_TIMEOUT,
+        }
+    }
+}
+
+/// One of `max_connections`, given back when the connection's task ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(count.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// What an MSRP connection can run on: a `TcpStream` or a tokio-rustls stream.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -74,6 +123,10 @@ pub enum ConnError {
     /// issue 11 item 5: the a=path the SIP peer chose names a destination not allowed.
     #[error("not connecting there: {0}")]
     Refused(#[from] crate::destination::Refused),
+    #[error("no complete first request within {0:?}")]
+    FirstRequestTimeout(Duration),
+    #[error("more than {0} bytes before a routable first request")]
+    FirstRequestTooLarge(usize),
 }
 
 /// Boxed payloads: the channel allocates 32 slots of this when a connection starts.
@@ -150,7 +203,14 @@ impl SessionHandle {
 
 /// Runs `session` on `stream`; `initial` holds bytes already read from it.
 pub fn spawn<S: Stream>(stream: S, initial: Bytes, session: Session) -> SessionHandle {
-    spawn_bound(stream, initial, session, None)
+    spawn_bound(stream, initial, session, None, WRITE_TIMEOUT)
+}
+
+/// A connection accepted by a listener: its session-id and its slot.
+struct Bound {
+    id: String,
+    registry: Arc<Mutex<Registry>>,
+    _slot: Option<Slot>,
 }
 
 /// Like [`spawn`]; when the task ends, the session-id is released from the listener.
@@ -158,15 +218,16 @@ fn spawn_bound<S: Stream>(
     stream: S,
     initial: Bytes,
     session: Session,
-    bound: Option<(String, Arc<Mutex<Registry>>)>,
+    bound: Option<Bound>,
+    write_timeout: Duration,
 ) -> SessionHandle {
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_BACKLOG);
     let task = tokio::spawn(async move {
-        let r = drive(stream, initial, session, cmd_rx, ev_tx).await;
-        if let Some((id, registry)) = bound {
-            if let Ok(mut reg) = registry.lock() {
-                reg.bound.remove(&id);
+        let r = drive(stream, initial, session, cmd_rx, ev_tx, write_timeout).await;
+        if let Some(b) = bound {
+            if let Ok(mut reg) = b.registry.lock() {
+                reg.bound.remove(&b.id);
             }
         }
         r
@@ -292,6 +353,7 @@ async fn drive<S: Stream>(
     mut session: Session,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
+    write_timeout: Duration,
 ) -> Result<(), io::Error> {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut out = BytesMut::new();
@@ -300,6 +362,8 @@ async fn drive<S: Stream>(
     let mut commands_done = false;
     let mut broken = false;
     let mut eof = false;
+    // Since when `out` has waited without a byte written.
+    let mut stalled: Option<Instant> = None;
     if !initial.is_empty() {
         session.handle_data(now(), &initial);
     }
@@ -320,13 +384,27 @@ async fn drive<S: Stream>(
             break;
         }
         let deadline = session.poll_timeout().map(Instant::from_std);
+        if out.is_empty() {
+            stalled = None;
+        } else if stalled.is_none() {
+            stalled = Some(Instant::now());
+        }
+        // A peer that does not read its responses stops our reading (the session bounds
+        // what it queues), and then the write timeout ends the connection.
+        let can_read = !eof && !broken && backlog.len() < EVENT_BACKLOG && session.wants_data();
         tokio::select! {
-            r = read_into(&mut rd, &mut session), if !eof && !broken && backlog.len() < EVENT_BACKLOG => {
+            r = read_into(&mut rd, &mut session), if can_read => {
                 eof = r? == 0;
             }
             r = wr.write(&out), if !out.is_empty() => {
                 let n = r?;
                 out.advance(n);
+                if n > 0 {
+                    stalled = None;
+                }
+            }
+            _ = sleep_until(stalled.map(|t| t + write_timeout)), if stalled.is_some() => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "MSRP write timed out"));
             }
             permit = events.reserve(), if !backlog.is_empty() => match permit {
                 Ok(p) => {
@@ -365,7 +443,7 @@ async fn drive<S: Stream>(
             break;
         }
     }
-    let _ = wr.shutdown().await;
+    let _ = tokio::time::timeout(write_timeout, wr.shutdown()).await;
     Ok(())
 }
 
@@ -437,21 +515,26 @@ impl Drop for PendingSession {
 }
 
 impl MsrpListener {
-    /// An `msrp:` (TCP) listener.
+    /// An `msrp:` (TCP) listener with the default [`ListenerLimits`].
     pub async fn bind(addr: SocketAddr) -> io::Result<MsrpListener> {
-        MsrpListener::start(addr, None).await
+        MsrpListener::bind_with(addr, None, ListenerLimits::default()).await
     }
 
     /// An `msrps:` (TLS) listener presenting the certificate of `acceptor`.
     pub async fn bind_tls(addr: SocketAddr, acceptor: TlsAcceptor) -> io::Result<MsrpListener> {
-        MsrpListener::start(addr, Some(acceptor)).await
+        MsrpListener::bind_with(addr, Some(acceptor), ListenerLimits::default()).await
     }
 
-    async fn start(addr: SocketAddr, tls: Option<TlsAcceptor>) -> io::Result<MsrpListener> {
+    /// An `msrp:` listener, or `msrps:` with `tls`, under `limits`.
+    pub async fn bind_with(
+        addr: SocketAddr,
+        tls: Option<TlsAcceptor>,
+        limits: ListenerLimits,
+    ) -> io::Result<MsrpListener> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let registry = Arc::new(Mutex::new(Registry::default()));
-        let task = tokio::spawn(accept_loop(listener, tls, registry.clone()));
+        let task = tokio::spawn(accept_loop(listener, tls, registry.clone(), limits));
         Ok(MsrpListener {
             addr,
             registry,
@@ -495,21 +578,28 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     registry: Arc<Mutex<Registry>>,
+    limits: ListenerLimits,
 ) {
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Some(slot) = Slot::take(&open, limits.max_connections) else {
+                    // Dropped unread: closed at once, nothing allocated for it.
+                    tracing::debug!(%peer, max = limits.max_connections, "MSRP connection refused: msrp.max_connections reached.");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let registry = registry.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let r = match tls {
-                        None => route(stream, registry).await,
+                        None => route(stream, registry, limits, slot).await,
                         Some(acceptor) => {
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                                 .await
                             {
-                                Ok(Ok(s)) => route(s, registry).await,
+                                Ok(Ok(s)) => route(s, registry, limits, slot).await,
                                 Ok(Err(e)) => Err(ConnError::Io(e)),
                                 Err(_) => Err(ConnError::HandshakeTimeout),
                             }
@@ -528,39 +618,62 @@ async fn accept_loop(
     }
 }
 
-/// Reads up to the first request and hands the connection to the session it names.
-async fn route<S: Stream>(mut stream: S, registry: Arc<Mutex<Registry>>) -> Result<(), ConnError> {
+/// How the first request came: complete, or (a long first chunk) only its head.
+enum First {
+    Complete(Decoded),
+    Head(Headers),
+}
+
+/// Reads up to the first request and hands the connection to the session it names. A
+/// connection that sends no complete request in time, or more than the byte bound before
+/// one (unless the head read so far names a session that waits), is closed.
+async fn route<S: Stream>(
+    mut stream: S,
+    registry: Arc<Mutex<Registry>>,
+    limits: ListenerLimits,
+    slot: Slot,
+) -> Result<(), ConnError> {
     let mut decoder = Decoder::new(Limits::default());
-    // Read straight into what is handed on: a first request is usually well under 2 KiB.
+    // What is handed on to the session; nothing is allocated before bytes come.
     let mut seen = BytesMut::new();
-    let first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, async {
+    let max = limits.first_request_max_bytes;
+    let first = tokio::time::timeout(limits.first_request_timeout, async {
         loop {
-            let at = seen.len();
-            seen.reserve(2048);
-            let n = stream.read_buf(&mut seen).await?;
+            let n = read_some(&mut stream, &mut seen, max).await?;
             if n == 0 {
                 return Err(ConnError::Closed);
             }
-            decoder.push(&seen[at..]);
+            decoder.push(&seen[seen.len() - n..]);
             match decoder.decode() {
-                Ok(Some(d)) => return Ok(d),
+                Ok(Some(d)) => return Ok(First::Complete(d)),
+                Ok(None) if seen.len() >= max => {
+                    let routable = decoder.pending_request_headers().filter(|h| {
+                        first_session_id(h).is_some_and(|id| {
+                            registry.lock().is_ok_and(|r| r.expected.contains_key(&id))
+                        })
+                    });
+                    return match routable {
+                        Some(h) => Ok(First::Head(h.clone())),
+                        None => Err(ConnError::FirstRequestTooLarge(max)),
+                    };
+                }
                 Ok(None) => continue,
                 Err(_) => return Err(ConnError::Closed),
             }
         }
     })
     .await
-    .map_err(|_| ConnError::Closed)??;
+    .map_err(|_| ConnError::FirstRequestTimeout(limits.first_request_timeout))??;
+    drop(decoder);
 
-    let (tid, headers, is_request) = match &first {
-        Decoded::Frame(Frame::Request(r)) => (r.tid.clone(), r.headers.clone(), true),
-        Decoded::Invalid(i) => (i.tid.clone(), i.headers.clone(), i.method.is_some()),
-        Decoded::Frame(Frame::Response(_)) => return Err(ConnError::Closed),
+    // The transaction to answer a refusal on: none for a response, a REPORT or a head.
+    let (answer, headers) = match first {
+        First::Head(h) => (None, h),
+        First::Complete(Decoded::Frame(Frame::Request(r))) => (Some(r.tid), r.headers),
+        First::Complete(Decoded::Invalid(i)) => (i.method.is_some().then_some(i.tid), i.headers),
+        First::Complete(Decoded::Frame(Frame::Response(_))) => return Err(ConnError::Closed),
     };
-    let session_id = headers
-        .to_path()
-        .and_then(|p| p.last())
-        .and_then(|u| u.session_id.clone());
+    let session_id = first_session_id(&headers);
     let claimed = {
         let mut r = registry.lock().map_err(|_| ConnError::Closed)?;
         match session_id {
@@ -585,23 +698,58 @@ async fn route<S: Stream>(mut stream: S, registry: Arc<Mutex<Registry>>) -> Resu
                     e.session.set_remote(path.clone());
                 }
             }
+            let bound = Bound {
+                id,
+                registry: registry.clone(),
+                _slot: Some(slot),
+            };
             let handle = spawn_bound(
                 stream,
                 seen.freeze(),
                 e.session,
-                Some((id, registry.clone())),
+                Some(bound),
+                limits.write_timeout,
             );
             // If nobody waits any more, dropping the handle closes the connection.
             let _ = e.reply.send(handle);
             Ok(())
         }
         Err(code) => {
-            if is_request {
-                refuse(&mut stream, &tid, &headers, code).await?;
+            if let Some(tid) = answer {
+                let refusal = refuse(&mut stream, &tid, &headers, code);
+                tokio::time::timeout(limits.write_timeout, refusal)
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
             }
             Ok(())
         }
     }
+}
+
+/// The session-id of the last To-Path URI: the session a connection is for.
+fn first_session_id(headers: &Headers) -> Option<String> {
+    headers
+        .to_path()
+        .and_then(|p| p.last())
+        .and_then(|u| u.session_id.clone())
+}
+
+/// Reads what `stream` has, at most up to `max` bytes in `seen` (at least one byte), into
+/// `seen` through a stack buffer: an idle connection holds no read buffer.
+async fn read_some<S: Stream>(
+    stream: &mut S,
+    seen: &mut BytesMut,
+    max: usize,
+) -> io::Result<usize> {
+    let room = max.saturating_sub(seen.len()).clamp(1, READ_CHUNK);
+    std::future::poll_fn(|cx| {
+        let mut space = [0u8; READ_CHUNK];
+        let mut rb = ReadBuf::new(&mut space[..room]);
+        ready!(Pin::new(&mut *stream).poll_read(cx, &mut rb))?;
+        seen.extend_from_slice(rb.filled());
+        Poll::Ready(Ok(rb.filled().len()))
+    })
+    .await
 }
 
 async fn refuse<S: Stream>(
@@ -637,6 +785,7 @@ async fn refuse<S: Stream>(
 mod tests {
     use super::*;
     use crate::msrp::session::Config;
+    use tokio::io::AsyncReadExt;
 
     fn uri(s: &str) -> MsrpUri {
         MsrpUri::parse(s).unwrap()
@@ -934,3 +1083,6 @@ mod tests {
         sink.abort();
     }
 }
+
+#[cfg(test)]
+mod bounds_tests;

@@ -811,6 +811,20 @@ impl Decoder {
         }
     }
 
+    /// The headers of a SEND (or other request) whose body is still arriving, once its
+    /// head is parsed: a listener can route a connection on its To-Path before a long
+    /// first chunk has ended.
+    pub fn pending_request_headers(&self) -> Option<&Headers> {
+        let (head, headers) = match &self.state {
+            State::Body { head, headers, .. } | State::Discard { head, headers } => (head, headers),
+            _ => return None,
+        };
+        match (&head.kind, headers) {
+            (Ok(Kind::Request(_)), Ok(h)) => Some(h),
+            _ => None,
+        }
+    }
+
     /// Fails early on bytes that cannot become `MSRP SP`, instead of buffering up to the limit.
     fn check_start_prefix(&self) -> Result<(), StreamError> {
         let n = self.buf.len().min(5);

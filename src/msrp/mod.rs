@@ -10,6 +10,7 @@ pub mod conn;
 pub mod cpim;
 pub mod frame;
 pub mod iscomposing;
+pub mod reassembly;
 pub mod sdp;
 pub mod session;
 pub mod uri;

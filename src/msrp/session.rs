@@ -27,6 +27,7 @@ use super::frame::{
     Headers, Invalid, Limits, MessageId, Method, Request, Response, Status, StreamError,
     TransactionId,
 };
+use super::reassembly::Reassembly;
 use super::uri::MsrpUri;
 
 /// Knobs of a session; the defaults follow RFC 4975 where it names a number.
@@ -41,6 +42,17 @@ pub struct Config {
     pub max_message_size: usize,
     /// Incoming messages being reassembled at once.
     pub max_incomplete: usize,
+    /// What all messages being reassembled may hold together: their bytes plus
+    /// [`PIECE_COST`](super::reassembly::PIECE_COST) per disjoint range. The message whose
+    /// chunk goes beyond it is refused with 413.
+    pub max_incoming_bytes: usize,
+    /// Responses and REPORTs waiting for the socket, in bytes; while more wait,
+    /// [`Session::wants_data`] is false and the edge stops reading (a peer that does not
+    /// read its responses cannot make them pile up).
+    pub max_queued_bytes: usize,
+    /// Complete messages held for [`Session::answer`] (`defer_response`); while this many
+    /// wait, [`Session::wants_data`] is false.
+    pub max_deferred: usize,
     /// A message being reassembled is dropped when no chunk of it came for this long
     /// (RFC 4975 names no number; a sender that stalls this long has given up).
     pub incomplete_timeout: Duration,
@@ -70,6 +82,9 @@ impl Default for Config {
             write_unit: 4096,
             max_message_size: 1024 * 1024,
             max_incomplete: 16,
+            max_incoming_bytes: 2 * 1024 * 1024,
+            max_queued_bytes: 64 * 1024,
+            max_deferred: 64,
             incomplete_timeout: Duration::from_secs(120),
             transaction_timeout: Duration::from_secs(30),
             accept_types: vec![
@@ -218,9 +233,8 @@ struct Incoming {
     content_type: String,
     first_tid: Option<TransactionId>,
     total: Option<u64>,
-    data: Vec<u8>,
-    /// Received byte ranges, 0-based half-open, sorted and merged.
-    ranges: Vec<(usize, usize)>,
+    /// The bytes received so far: memory follows them, not the announced total.
+    parts: Reassembly,
     max_end: usize,
     end_seen: bool,
     success_report: bool,
@@ -230,22 +244,6 @@ struct Incoming {
 }
 
 impl Incoming {
-    fn add_range(&mut self, start: usize, end: usize) {
-        if start == end {
-            return;
-        }
-        self.ranges.push((start, end));
-        self.ranges.sort_unstable();
-        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(self.ranges.len());
-        for &(s, e) in &self.ranges {
-            match merged.last_mut() {
-                Some(last) if s <= last.1 => last.1 = last.1.max(e),
-                _ => merged.push((s, e)),
-            }
-        }
-        self.ranges = merged;
-    }
-
     /// The length once complete. Chunks of a connection arrive in the order they were
     /// sent and `$` marks the last one, so at `$` the message is whole if the bytes from 1
     /// on are contiguous. The declared total is not trusted for this: RFC 4975's own
@@ -255,7 +253,7 @@ impl Incoming {
             return None;
         }
         let len = self.max_end;
-        (len == 0 || self.ranges.first() == Some(&(0, len))).then_some(len)
+        self.parts.is_whole(len).then_some(len)
     }
 }
 
@@ -285,6 +283,8 @@ pub struct Session {
     decoder: Decoder,
     rng: StdRng,
     control: VecDeque<Bytes>,
+    /// Bytes in `control`.
+    control_bytes: usize,
     events: VecDeque<Event>,
     msgs: HashMap<MessageId, OutMsg>,
     queue: VecDeque<MessageId>,
@@ -313,6 +313,7 @@ impl Session {
             remote,
             rng,
             control: VecDeque::new(),
+            control_bytes: 0,
             events: VecDeque::new(),
             msgs: HashMap::new(),
             queue: VecDeque::new(),
@@ -347,6 +348,24 @@ impl Session {
             && self.writing.is_none()
             && self.pending.is_empty()
             && self.deferred.is_empty()
+    }
+
+    /// Whether the edge should read more from the connection: false while the responses
+    /// queued for the peer or the messages held for the application are at their bounds
+    /// (`max_queued_bytes`, `max_deferred`). The decoder holds at most one read beyond.
+    pub fn wants_data(&self) -> bool {
+        self.control_bytes < self.config.max_queued_bytes
+            && self.deferred.len() < self.config.max_deferred
+    }
+
+    /// Bytes held for messages being reassembled (with the per-range cost).
+    pub fn incoming_cost(&self) -> usize {
+        self.incoming.values().map(|m| m.parts.cost()).sum()
+    }
+
+    fn push_control(&mut self, b: Bytes) {
+        self.control_bytes += b.len();
+        self.control.push_back(b);
     }
 
     /// Answers the final chunk of a complete message held by `defer_response`: `200`
@@ -458,7 +477,7 @@ impl Session {
             req.flag = Flag::Abort;
             let mut out = Vec::new();
             req.encode(&mut out);
-            self.control.push_back(out.into());
+            self.push_control(out.into());
         }
         self.stop_message(id);
         true
@@ -532,6 +551,7 @@ impl Session {
             return Some(self.continue_chunk(now, w));
         }
         if let Some(b) = self.control.pop_front() {
+            self.control_bytes -= b.len();
             return Some(b);
         }
         if self.failed {
@@ -709,6 +729,7 @@ impl Session {
                 let mut out = b"\r\n".to_vec();
                 end_line(&mut out, &w.tid, Flag::Abort);
                 // Before anything else queued: it closes the body on the wire.
+                self.control_bytes += out.len();
                 self.control.push_front(out.into());
             }
         }
@@ -888,8 +909,7 @@ impl Session {
                     content_type: content_type.clone(),
                     first_tid: None,
                     total: range.total,
-                    data: Vec::new(),
-                    ranges: Vec::new(),
+                    parts: Reassembly::new(),
                     max_end: 0,
                     end_seen: false,
                     success_report: false,
@@ -917,12 +937,14 @@ impl Session {
             inc.first_tid = Some(req.tid.clone());
             inc.content_type = content_type;
         }
-        if inc.data.len() < end {
-            inc.data.resize(end, 0);
-        }
-        inc.data[start..end].copy_from_slice(&body);
-        inc.add_range(start, end);
+        inc.parts.insert(start, &body);
         inc.max_end = inc.max_end.max(end);
+        if self.incoming_cost() > self.config.max_incoming_bytes {
+            return self.refuse(&id, &req.tid, &req.headers);
+        }
+        let Some(inc) = self.incoming.get_mut(&id) else {
+            return;
+        };
         inc.end_seen |= req.flag == Flag::End;
         inc.deadline = now + self.config.incomplete_timeout;
         inc.success_report |= req.headers.success_report();
@@ -935,9 +957,8 @@ impl Session {
             self.respond(&req.tid, &req.headers, 200, "OK", None);
         }
         if let Some(len) = complete {
-            if let Some(mut inc) = self.incoming.remove(&id) {
+            if let Some(inc) = self.incoming.remove(&id) {
                 release_if_empty(&mut self.incoming);
-                inc.data.truncate(len);
                 if let Some(wait) = defer {
                     let held = Deferred {
                         tid: req.tid.clone(),
@@ -958,7 +979,7 @@ impl Session {
                     message_id: id,
                     transaction_id: inc.first_tid.unwrap_or(req.tid),
                     content_type: inc.content_type,
-                    body: inc.data.into(),
+                    body: inc.parts.into_vec().into(),
                     reported: inc.success_report,
                 }));
             }
@@ -1077,7 +1098,7 @@ impl Session {
         );
         let mut out = Vec::new();
         resp.encode(&mut out);
-        self.control.push_back(out.into());
+        self.push_control(out.into());
     }
 
     /// A success REPORT for a whole message (section 7.1.2), back along the From-Path.
@@ -1098,7 +1119,7 @@ impl Session {
         req.headers.push(Header::Status(Status::new(200, "OK")));
         let mut out = Vec::new();
         req.encode(&mut out);
-        self.control.push_back(out.into());
+        self.push_control(out.into());
     }
 }
 
@@ -1111,3 +1132,6 @@ fn end_line(out: &mut Vec<u8>, tid: &TransactionId, flag: Flag) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod bounds_tests;

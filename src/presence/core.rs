@@ -35,7 +35,7 @@ use crate::mapping::message::sip_uri;
 use crate::mapping::presence::{self as pidf, RemotePresence, UserPresence};
 use crate::sip::core::random_token;
 use crate::sip::dialog::{self, header_value, Dialog};
-use crate::sip::message::{raw_uri, response_to};
+use crate::sip::message::{dialog_response_to, raw_uri, response_to};
 use crate::sip::subscription::{
     after_termination, is_presence_event, refresh_after, AfterTermination, Reason, SubState,
     SubscriptionState,
@@ -114,6 +114,10 @@ pub struct Outbound {
     pub from_tag: String,
     pub cseq: u32,
     pub dialog: Option<Dialog>,
+    /// The dialog was made from the SUBSCRIBE's 2xx, before any NOTIFY: the first NOTIFY
+    /// sets its route set (RFC 6665 4.4.1).
+    #[serde(default)]
+    pub dialog_from_2xx: bool,
     pub state: OutState,
     pub told_subscribed: bool,
     /// When the user last showed up (a stanza from them, their server's login probe).
@@ -153,6 +157,11 @@ pub struct Inbound {
     /// Ending: the terminated NOTIFY goes once the one in flight is answered.
     #[serde(skip)]
     pub ending: Option<Reason>,
+    /// The version of the user's presence (`PresenceCore::versions`) the last NOTIFY
+    /// carried: a stanza to this watcher's contact JID that finds it behind notifies it,
+    /// even when the stanza changes nothing because one to another contact came first.
+    #[serde(skip)]
+    pub sent_version: u64,
 }
 
 #[derive(Debug)]
@@ -183,9 +192,17 @@ pub enum SipResult {
 }
 
 enum Pending {
-    Subscribe { key: String, expires: u32 },
-    Notify { key: String },
-    Other,
+    Subscribe {
+        key: String,
+        expires: u32,
+    },
+    Notify {
+        key: String,
+    },
+    /// The SUBSCRIBE with Expires: 0 of the subscription with this Call-ID.
+    Unsubscribe {
+        call_id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -194,7 +211,23 @@ enum Timer {
     In(String),
     Probe(String),
     Notify(String),
+    /// An ended subscription (by Call-ID) stops waiting for its terminated NOTIFY.
+    Ending(String),
 }
+
+/// An XMPP -> SIP subscription stox ended with SUBSCRIBE Expires: 0 (RFC 6665 4.1.2.3):
+/// the notifier answers with a terminated NOTIFY, which gets 200, not 481; the NOTIFYs
+/// before it too. Kept until that NOTIFY or [`UNSUBSCRIBE_WAIT_MS`].
+#[derive(Debug)]
+struct Ending {
+    /// Our tag: the To tag of the notifier's NOTIFYs.
+    from_tag: String,
+    deadline: Millis,
+}
+
+/// How long an ended subscription waits for its terminated NOTIFY: 64*T1, the longest a
+/// notifier's transaction for the unsubscribe and its NOTIFY can take.
+pub const UNSUBSCRIBE_WAIT_MS: Millis = 32_000;
 
 /// Presence changes within this window go out as one NOTIFY (a burst of stanzas, e.g.
 /// `subscribed` followed by the user's presence, makes one notification, not several).
@@ -217,6 +250,8 @@ pub struct PresenceCore {
     ins_by_pair: HashMap<(String, String), Vec<String>>,
     /// The XMPP users' presence per resource, for NOTIFY bodies.
     views: HashMap<String, UserPresence>,
+    /// Counts the changes of each entry of `views`.
+    versions: HashMap<String, u64>,
     /// Users probed before a refresh: the deadline and the subscriptions waiting.
     probes: HashMap<String, (Millis, Vec<String>)>,
     per_user: HashMap<String, usize>,
@@ -226,6 +261,9 @@ pub struct PresenceCore {
     /// domain (directed, or because the gateway is in the roster), until unavailable.
     at_gateway: HashMap<String, std::collections::HashSet<String>>,
     pending: HashMap<u64, Pending>,
+    /// Ended subscriptions by Call-ID, until their terminated NOTIFY (bounded by
+    /// `max_total`).
+    ending: HashMap<String, Ending>,
     next_token: u64,
     timers: BinaryHeap<Reverse<(Millis, Timer)>>,
     actions: VecDeque<Action>,
@@ -262,11 +300,13 @@ impl PresenceCore {
             ins: HashMap::new(),
             ins_by_pair: HashMap::new(),
             views: HashMap::new(),
+            versions: HashMap::new(),
             probes: HashMap::new(),
             per_user: HashMap::new(),
             seen: HashMap::new(),
             at_gateway: HashMap::new(),
             pending: HashMap::new(),
+            ending: HashMap::new(),
             next_token: 1,
             timers: BinaryHeap::new(),
             actions: VecDeque::new(),
@@ -502,7 +542,7 @@ impl PresenceCore {
         }
         match p.type_ {
             PresenceType::Subscribe => self.out_subscribe(now, &user, &contact_jid, &target, &p),
-            PresenceType::Unsubscribe => self.out_unsubscribe(&user, &target),
+            PresenceType::Unsubscribe => self.out_unsubscribe(now, &user, &target),
             PresenceType::Probe => self.out_probe(now, &user, &contact_jid, &target),
             PresenceType::Subscribed => self.in_authorized(now, &user, &contact_jid),
             PresenceType::Unsubscribed => self.in_revoked(&user, &contact_jid),
@@ -535,7 +575,7 @@ impl PresenceCore {
                 if let Some((_, keys)) = self.probes.remove(user) {
                     for key in keys {
                         tracing::info!(%user, "Probe answered with an error; ending the subscription.");
-                        self.end_out_sip(&key);
+                        self.end_out_sip(now, &key);
                         self.remove_out(&key);
                     }
                 }
@@ -658,6 +698,7 @@ impl PresenceCore {
             from_tag: String::new(),
             cseq: 0,
             dialog: None,
+            dialog_from_2xx: false,
             state: OutState::Subscribing,
             told_subscribed: told,
             seen_at: now,
@@ -690,6 +731,7 @@ impl PresenceCore {
         o.from_tag = random_token(10);
         o.cseq = 1;
         o.dialog = None;
+        o.dialog_from_2xx = false;
         o.state = OutState::Subscribing;
         // If nothing comes back at all, try again later.
         o.next_at = now + secs(expires);
@@ -720,8 +762,9 @@ impl PresenceCore {
             } else if o.state == OutState::Subscribing {
                 // Not yet in a dialog: end it with an out-of-dialog SUBSCRIBE, same Call-ID.
                 o.cseq += 1;
+                let call_id = o.call_id.clone();
                 if let Some(r) = subscribe_request(o, 0, &contact) {
-                    self.sip(r, false, Pending::Other);
+                    self.sip(r, false, Pending::Unsubscribe { call_id });
                 }
             }
             return;
@@ -737,7 +780,9 @@ impl PresenceCore {
                 expires,
             }
         } else {
-            Pending::Other
+            Pending::Unsubscribe {
+                call_id: o.call_id.clone(),
+            }
         };
         if expires > 0 {
             o.next_at = now + secs(self.settings.expires);
@@ -745,19 +790,31 @@ impl PresenceCore {
         self.sip(request, true, pending);
     }
 
-    fn end_out_sip(&mut self, key: &str) {
-        if let Some(o) = self.outs.get(key) {
-            if o.expires_at > 0 || o.state == OutState::Subscribing {
-                self.send_refresh(0, key, 0);
-            }
+    /// Ends the SIP side (SUBSCRIBE Expires: 0) and keeps its Call-ID in `ending` until
+    /// the notifier's terminated NOTIFY; the record itself no longer answers NOTIFYs.
+    fn end_out_sip(&mut self, now: Millis, key: &str) {
+        let Some(o) = self.outs.get(key) else { return };
+        if !(o.expires_at > 0 || o.state == OutState::Subscribing) {
+            return;
+        }
+        let (call_id, from_tag) = (o.call_id.clone(), o.from_tag.clone());
+        self.send_refresh(now, key, 0);
+        if self.outs_by_call_id.get(&call_id).is_some_and(|k| k == key) {
+            self.outs_by_call_id.remove(&call_id);
+        }
+        if self.ending.len() < self.settings.max_total {
+            let deadline = now + UNSUBSCRIBE_WAIT_MS;
+            self.timers
+                .push(Reverse((deadline, Timer::Ending(call_id.clone()))));
+            self.ending.insert(call_id, Ending { from_tag, deadline });
         }
     }
 
-    fn out_unsubscribe(&mut self, user: &str, target: &SipAddress) {
+    fn out_unsubscribe(&mut self, now: Millis, user: &str, target: &SipAddress) {
         let key = out_key(user, &target.to_uri_string());
         let Some(o) = self.outs.get(&key) else { return };
         let reply = self.contact_says(o, PresenceType::Unsubscribed);
-        self.end_out_sip(&key);
+        self.end_out_sip(now, &key);
         self.remove_out(&key);
         if let Some(r) = reply {
             self.stanza(r);
@@ -842,16 +899,25 @@ impl PresenceCore {
             }
         };
         let gone = !view.is_available();
-        // NOTIFY every active watcher behind this contact JID.
+        let version = self.versions.entry(user.clone()).or_insert(0);
+        if changed {
+            *version += 1;
+        }
+        let version = *version;
+        // NOTIFY every active watcher behind this contact JID that has not had this state
+        // yet. The user's server sends her presence to each contact in turn, and only the
+        // first stanza changes the view: the watchers behind the others are behind it.
         let keys: Vec<String> = self
             .pair_keys(&user, contact_jid)
             .into_iter()
-            .filter(|k| self.ins.get(k).is_some_and(|i| i.state == InState::Active))
+            .filter(|k| {
+                self.ins
+                    .get(k)
+                    .is_some_and(|i| i.state == InState::Active && i.sent_version != version)
+            })
             .collect();
-        if changed {
-            for key in keys {
-                self.notify(now, &key);
-            }
+        for key in keys {
+            self.notify(now, &key);
         }
         // RFC 7248 section 4 item 4: the user went away, so the SIP subscription can go
         // too; the user's next login probe brings it back.
@@ -862,15 +928,15 @@ impl PresenceCore {
                 .get(&key)
                 .is_some_and(|o| o.state != OutState::Dormant)
             {
-                self.go_dormant(&key);
+                self.go_dormant(now, &key);
             }
         }
     }
 
     /// Lets the SIP side of a subscription go while its user is away (kept in the store;
     /// the user's next login probe subscribes again).
-    fn go_dormant(&mut self, key: &str) {
-        self.end_out_sip(key);
+    fn go_dormant(&mut self, now: Millis, key: &str) {
+        self.end_out_sip(now, key);
         if let Some(o) = self.outs.get_mut(key) {
             o.state = OutState::Dormant;
             o.dialog = None;
@@ -945,6 +1011,7 @@ impl PresenceCore {
         };
         i.busy = true;
         i.dirty = false;
+        i.sent_version = self.versions.get(&i.user).copied().unwrap_or(0);
         let left = (i.expires_at.saturating_sub(now) / 1000) as u32;
         let state = match (&end, i.state) {
             (Some(r), _) => SubscriptionState::terminated(r.clone()),
@@ -1084,7 +1151,8 @@ impl PresenceCore {
             return answer(req, 400, Some("From cannot be mapped to XMPP"));
         };
         let tag = random_token(10);
-        let mut ok = response_to(req, 200, None, &tag);
+        // RFC 3261 12.1.1 (RFC 6665 4.1.2.4): the 2xx carries the Record-Route.
+        let mut ok = dialog_response_to(req, 200, None, &tag);
         ok.headers.push(make_header("Expires", granted.to_string()));
         ok.headers.push(make_header(
             "Contact",
@@ -1121,6 +1189,7 @@ impl PresenceCore {
             busy: false,
             dirty: false,
             ending: None,
+            sent_version: 0,
         };
         self.count(&user, 1);
         self.insert_in(key.clone(), inbound);
@@ -1185,7 +1254,7 @@ impl PresenceCore {
             .filter(|k| self.outs.get(*k).is_some_and(|o| o.from_tag == to_tag))
             .cloned()
         else {
-            return answer(req, 481, None);
+            return self.notify_after_unsubscribe(req, &call_id, &to_tag);
         };
         match header_value(h, "Event") {
             Some(e) if is_presence_event(&e) => {}
@@ -1221,10 +1290,19 @@ impl PresenceCore {
             return answer(req, 481, None);
         };
         // The first NOTIFY (from any fork) makes the dialog; later ones must match it.
+        let mut creates_dialog = o.dialog.is_none() || o.dialog_from_2xx;
         match &mut o.dialog {
             Some(d) if d.matches(req) => {
                 if let Err(code) = d.check_request(req) {
                     return answer(req, code, None);
+                }
+                if o.dialog_from_2xx {
+                    // RFC 6665 4.4.1: the subscriber's route set comes from the NOTIFY,
+                    // not from the 2xx to the SUBSCRIBE.
+                    let mut route_set = dialog::header_values(&req.headers, "Record-Route");
+                    route_set.reverse();
+                    d.route_set = route_set;
+                    o.dialog_from_2xx = false;
                 }
             }
             Some(_) => {
@@ -1237,7 +1315,14 @@ impl PresenceCore {
                 _ => return answer(req, 400, Some("NOTIFY cannot form a dialog")),
             },
         }
-        let ok = response_to(req, 200, None, "");
+        if o.dialog.as_ref().is_some_and(|d| !d.matches(req)) {
+            creates_dialog = false;
+        }
+        let ok = if creates_dialog {
+            dialog_response_to(req, 200, None, "")
+        } else {
+            response_to(req, 200, None, "")
+        };
         match state.state {
             SubState::Active | SubState::Pending => {
                 if let Some(e) = state.expires {
@@ -1301,6 +1386,26 @@ impl PresenceCore {
         ok
     }
 
+    /// A NOTIFY for a subscription stox ended (RFC 6665 4.1.2.3, 4.4.1): 200 to each until
+    /// the terminated one, which ends it; 481 for one stox never had.
+    fn notify_after_unsubscribe(&mut self, req: &Request, call_id: &str, to_tag: &str) -> Response {
+        if self
+            .ending
+            .get(call_id)
+            .is_none_or(|e| e.from_tag != to_tag)
+        {
+            return answer(req, 481, None);
+        }
+        let terminated = header_value(&req.headers, "Subscription-State")
+            .and_then(|s| SubscriptionState::parse(&s).ok())
+            .is_some_and(|s| s.state == SubState::Terminated);
+        if terminated {
+            tracing::debug!(%call_id, "Terminated NOTIFY after the unsubscribe; the subscription is over.");
+            self.ending.remove(call_id);
+        }
+        answer(req, 200, None)
+    }
+
     /// PIDF presences of the SIP contact -> the XMPP user.
     fn contact_presence(&mut self, key: &str, document: Option<pidf::PidfDocument>) {
         let Some(document) = document else { return };
@@ -1345,7 +1450,16 @@ impl PresenceCore {
             return;
         };
         match pending {
-            Pending::Other => {}
+            Pending::Unsubscribe { call_id } => {
+                // Refused or lost: no terminated NOTIFY will come.
+                let refused = match &result {
+                    SipResult::Response(r) => r.status_code.code() >= 300,
+                    SipResult::Failed => true,
+                };
+                if refused {
+                    self.ending.remove(&call_id);
+                }
+            }
             Pending::Notify { key } => {
                 let gone = match &result {
                     SipResult::Response(r) => matches!(r.status_code.code(), 481 | 408 | 404),
@@ -1396,6 +1510,7 @@ impl PresenceCore {
                             subscribe_request(o, 0, &contact).map(|s| Dialog::as_uac(&s, &r))
                         {
                             o.dialog = Some(d);
+                            o.dialog_from_2xx = true;
                         }
                     }
                 }
@@ -1497,7 +1612,13 @@ impl PresenceCore {
                         // No sign of the user: let the SIP side go until the user is back.
                         tracing::info!(%user, "No answer to the probe before a refresh; the subscription waits for the user's return.");
                         self.contact_gone(&key);
-                        self.go_dormant(&key);
+                        self.go_dormant(now, &key);
+                    }
+                }
+                Timer::Ending(call_id) => {
+                    if self.ending.get(&call_id).is_some_and(|e| e.deadline == at) {
+                        tracing::debug!(%call_id, "No terminated NOTIFY after the unsubscribe; forgotten.");
+                        self.ending.remove(&call_id);
                     }
                 }
             }

@@ -723,3 +723,190 @@ fn availability_follows_presence_to_contacts_and_to_the_gateway_domain() {
     assert!(!c.is_available(user));
     assert!(!c.is_available("romeo@example.com"));
 }
+
+/// A SUBSCRIBE from `who`@example.net for juliet, through a Record-Routing proxy.
+fn watches(who: &str) -> String {
+    ROMEO_WATCHES
+        .replace("romeo", who)
+        .replace("watch1@", &format!("watch-{who}@"))
+        .replace(
+            "Content-Length: 0",
+            "Record-Route: <sip:p1.example.com;lr>\r\nContent-Length: 0",
+        )
+}
+
+/// Every NOTIFY stox sends is answered at once; returns them.
+fn answer_notifies(c: &mut PresenceCore, now: Millis) -> Vec<Request> {
+    let mut seen = Vec::new();
+    loop {
+        c.handle_timeout(now);
+        let out = drain(c);
+        if out.sip.is_empty() {
+            return seen;
+        }
+        for (t, r, in_dialog) in out.sip {
+            assert!(in_dialog && r.method == Method::Notify, "{r}");
+            c.handle_sip_result(now, t, SipResult::Response(ok_for(&r, "")));
+            seen.push(r);
+        }
+    }
+}
+
+#[test]
+fn the_2xx_to_a_watchers_subscribe_keeps_the_record_route_and_notifies_follow_it() {
+    let mut c = core(|_| {});
+    let r = c.handle_sip_request(T0, &req(&watches("romeo"))).unwrap();
+    assert_eq!(r.status_code.code(), 200);
+    assert_eq!(
+        header_value(&r.headers, "Record-Route").as_deref(),
+        Some("<sip:p1.example.com;lr>")
+    );
+    let notifies = answer_notifies(&mut c, T0 + 1);
+    assert_eq!(
+        header_value(&notifies[0].headers, "Route").as_deref(),
+        Some("<sip:p1.example.com;lr>")
+    );
+    assert_eq!(notifies[0].uri.to_string(), "sip:romeo@198.51.100.7");
+}
+
+#[test]
+fn every_watcher_learns_juliets_presence_whichever_contact_the_stanza_is_addressed_to() {
+    let mut c = core(|_| {});
+    for who in ["romeo", "mercutio"] {
+        c.handle_sip_request(T0, &req(&watches(who))).unwrap();
+        let approve = format!("<presence xmlns='jabber:component:accept' type='subscribed' from='juliet@example.com' to='{who}\\40example.net@sip.example.com'/>");
+        c.handle_xmpp(T0 + 1, presence(&approve));
+    }
+    answer_notifies(&mut c, T0 + 500);
+    // Her server fans her presence out: one stanza per contact, one after the other.
+    let mut now = T0 + 1000;
+    for (kind, basic) in [("", "open"), (" type='unavailable'", "closed")] {
+        for who in ["romeo", "mercutio"] {
+            c.handle_xmpp(now, presence(&format!("<presence xmlns='jabber:component:accept'{kind} from='juliet@example.com/balcony' to='{who}\\40example.net@sip.example.com'/>")));
+        }
+        now += 500;
+        let notifies = answer_notifies(&mut c, now);
+        let mut to: Vec<String> = notifies
+            .iter()
+            .map(|n| {
+                assert!(
+                    String::from_utf8_lossy(&n.body).contains(&format!("<basic>{basic}</basic>")),
+                    "{n}"
+                );
+                n.uri.to_string()
+            })
+            .collect();
+        to.sort();
+        assert_eq!(
+            to,
+            ["sip:mercutio@198.51.100.7", "sip:romeo@198.51.100.7"],
+            "{basic}"
+        );
+    }
+    // Nothing changed: no NOTIFY.
+    c.handle_xmpp(now, presence("<presence xmlns='jabber:component:accept' type='unavailable' from='juliet@example.com/balcony' to='romeo\\40example.net@sip.example.com'/>"));
+    assert!(answer_notifies(&mut c, now + 500).is_empty());
+}
+
+fn juliet_unsubscribes(c: &mut PresenceCore, now: Millis) -> Request {
+    c.handle_xmpp(
+        now,
+        presence(
+            "<presence xmlns='jabber:component:accept' type='unsubscribe' \
+        from='juliet@example.com/balcony' to='romeo\\40example.net@sip.example.com'/>",
+        ),
+    );
+    let out = drain(c);
+    let (token, unsubscribe, _) = out.sip.into_iter().next().expect("SUBSCRIBE Expires: 0");
+    assert!(unsubscribe.to_string().contains("Expires: 0"));
+    c.handle_sip_result(
+        now + 10,
+        token,
+        SipResult::Response(ok_for(&unsubscribe, "")),
+    );
+    unsubscribe
+}
+
+#[test]
+fn the_terminated_notify_after_an_unsubscribe_gets_200_and_ends_it() {
+    let mut c = core(|_| {});
+    let subscribe = subscribed(&mut c);
+    drain(&mut c);
+    juliet_unsubscribes(&mut c, T0 + 100);
+    assert_eq!(c.counts(), (0, 0));
+    // A NOTIFY crossing the unsubscribe, then the terminated one: both 200.
+    let active = notify(&subscribe, 2, "active;expires=10", &pidf_open("Still here"));
+    let r = c.handle_sip_request(T0 + 120, &active).unwrap();
+    assert_eq!(r.status_code.code(), 200);
+    let terminated = notify(&subscribe, 3, "terminated;reason=timeout", "");
+    let r = c.handle_sip_request(T0 + 150, &terminated).unwrap();
+    assert_eq!(r.status_code.code(), 200);
+    assert!(
+        drain(&mut c).stanzas.is_empty(),
+        "juliet hears nothing more"
+    );
+    // Over: anything later in that dialog is 481.
+    let late = notify(&subscribe, 4, "terminated;reason=timeout", "");
+    assert_eq!(
+        c.handle_sip_request(T0 + 200, &late)
+            .unwrap()
+            .status_code
+            .code(),
+        481
+    );
+}
+
+#[test]
+fn a_notifier_that_never_sends_the_terminated_notify_is_forgotten_after_64_t1() {
+    let mut c = core(|_| {});
+    let subscribe = subscribed(&mut c);
+    drain(&mut c);
+    juliet_unsubscribes(&mut c, T0 + 100);
+    let terminated = notify(&subscribe, 2, "terminated", "");
+    c.handle_timeout(T0 + 100 + UNSUBSCRIBE_WAIT_MS - 1);
+    let r = c.handle_sip_request(T0 + 100 + UNSUBSCRIBE_WAIT_MS - 1, &terminated.clone());
+    assert_eq!(r.unwrap().status_code.code(), 200, "still waiting");
+    // Another one: the first ended it; a second subscription's wait runs out instead.
+    let subscribe = subscribed(&mut c);
+    drain(&mut c);
+    juliet_unsubscribes(&mut c, T0 + 1000);
+    c.handle_timeout(T0 + 1000 + UNSUBSCRIBE_WAIT_MS);
+    let terminated = notify(&subscribe, 2, "terminated", "");
+    let r = c.handle_sip_request(T0 + 1000 + UNSUBSCRIBE_WAIT_MS, &terminated);
+    assert_eq!(r.unwrap().status_code.code(), 481);
+}
+
+#[test]
+fn a_subscription_whose_dialog_came_from_the_2xx_takes_its_route_set_from_the_first_notify() {
+    let mut c = core(|_| {});
+    c.handle_xmpp(T0, presence(JULIET_SUBSCRIBES));
+    let (token, subscribe, _) = drain(&mut c).sip.into_iter().next().unwrap();
+    // The 2xx has one route set, the NOTIFY another (RFC 6665 4.4.1: the NOTIFY's counts).
+    c.handle_sip_result(
+        T0 + 50,
+        token,
+        SipResult::Response(ok_for(
+            &subscribe,
+            "Expires: 3600\r\nRecord-Route: <sip:wrong.example.com;lr>\r\nContact: <sip:romeo@198.51.100.7>\r\n",
+        )),
+    );
+    let mut n = notify(&subscribe, 1, "active;expires=3600", &pidf_open("Here"));
+    n.headers.push(make_header(
+        "Record-Route",
+        "<sip:p2.example.net;lr>, <sip:p1.example.com;lr>".into(),
+    ));
+    let r = c.handle_sip_request(T0 + 60, &n).unwrap();
+    assert_eq!(r.status_code.code(), 200);
+    assert!(
+        header_value(&r.headers, "Record-Route").is_some(),
+        "the 200 that makes the dialog keeps the Record-Route"
+    );
+    drain(&mut c);
+    let unsubscribe = juliet_unsubscribes(&mut c, T0 + 100);
+    let routes = dialog::header_values(&unsubscribe.headers, "Route");
+    assert_eq!(
+        routes,
+        ["<sip:p1.example.com;lr>", "<sip:p2.example.net;lr>"],
+        "{unsubscribe}"
+    );
+}

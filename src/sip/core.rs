@@ -226,6 +226,8 @@ pub struct SipCore {
     timers: Timers,
     locals: Vec<Local>,
     max_message_size: usize,
+    /// Server transactions held at once; beyond it a new request gets a stateless 503.
+    max_servers: usize,
     next_id: u64,
     /// Boxed: a map entry of its own size would leave ~40 % of a 500-byte struct unused
     /// per slot at the map's usual load, for the 32 s of timer J.
@@ -276,6 +278,7 @@ impl SipCore {
             timers,
             locals,
             max_message_size,
+            max_servers: usize::MAX,
             next_id: 1,
             servers: Map::default(),
             server_keys: Map::default(),
@@ -288,6 +291,14 @@ impl SipCore {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// Caps the server-transaction table (`sip.max_server_transactions`). Answered
+    /// transactions count until their last timer ends: over UDP they hold their answer for
+    /// timer J (64*T1), and that is what a flood fills.
+    pub fn with_max_server_transactions(mut self, max: usize) -> Self {
+        self.max_servers = max.max(1);
+        self
     }
 
     pub fn stats(&self) -> Stats {
@@ -455,6 +466,13 @@ impl SipCore {
             }
         }
 
+        if self.servers.len() >= self.max_servers {
+            // The table is full: 503 with Retry-After (RFC 3261 21.5.4), stateless, so the
+            // refusal itself holds nothing. Its retransmissions are refused again.
+            self.refuse_full(&request, reply);
+            return;
+        }
+
         if request.method == Method::Cancel {
             // RFC 3261 9.2: the CANCEL gets 200 when its INVITE is known (481 otherwise) in
             // a transaction of its own; an INVITE still without a final response gets 487.
@@ -568,6 +586,21 @@ impl SipCore {
             request,
             source,
         });
+    }
+
+    fn refuse_full(&mut self, request: &Request, reply: Transmit) {
+        tracing::debug!(method = %request.method, held = self.servers.len(), "sip.max_server_transactions reached: answering 503.");
+        let mut answer = message::response_to(request, 503, None, &random_token(10));
+        // About when timer J (64*T1) has freed the slots a burst took.
+        let retry = (self.timers.t1 * 64).as_secs().max(1);
+        answer
+            .headers
+            .push(Header::RetryAfter(rsipstack::sip::RetryAfter::new(
+                retry.to_string(),
+            )));
+        let mut msg = SipMessage::Response(answer);
+        let bytes = Bytes::from(message::to_bytes(&mut msg));
+        self.transmits.push_back(Transmit { bytes, ..reply });
     }
 
     fn handle_response(&mut self, now: Instant, response: Response) {
@@ -1866,5 +1899,32 @@ mod tests {
              after timer J {after} KiB; after a second 40k {again} KiB",
             (alive.saturating_sub(before)) * 1024 / 40_000
         );
+    }
+
+    #[test]
+    fn beyond_the_server_transaction_cap_a_new_request_gets_a_stateless_503() {
+        let t0 = Instant::now();
+        let mut core =
+            SipCore::new(Timers::default(), local(), 65535).with_max_server_transactions(2);
+        for b in ["z9hG4bKcap1", "z9hG4bKcap2"] {
+            core.handle_message(t0, romeo_message(b, ""), udp_source());
+        }
+        // (The second is a merged copy of the first, answered 482: it holds a slot too.)
+        drain(&mut core);
+        assert_eq!(core.stats().server_transactions, 2);
+        core.handle_message(t0, romeo_message("z9hG4bKcap3", ""), udp_source());
+        let (t, e) = drain(&mut core);
+        assert!(e.is_empty(), "{e:?}");
+        let text = String::from_utf8_lossy(&t[0].bytes).into_owned();
+        assert!(text.starts_with("SIP/2.0 503 "), "{text}");
+        assert!(text.contains("\r\nRetry-After: 32\r\n"), "{text}");
+        assert_eq!(
+            core.stats().server_transactions,
+            2,
+            "the refusal holds nothing"
+        );
+        // A retransmission of a held one is still matched, not refused.
+        core.handle_message(t0, romeo_message("z9hG4bKcap1", ""), udp_source());
+        assert!(drain(&mut core).0.is_empty());
     }
 }

@@ -7,13 +7,15 @@
 //! requests with [`SipHandle::send`].
 //!
 //! TCP and TLS connections run the same code ([`run_conn`], generic over the stream):
-//! Content-Length framing, CRLF keep-alive pongs (RFC 5626 4.4.1), an idle timeout, and
-//! one slot each of `sip.max_connections`. A TLS connection is a TCP one after a rustls
+//! Content-Length framing, CRLF keep-alive pongs (RFC 5626 4.4.1), an idle timeout, a
+//! read timeout per message (`sip.read_timeout_ms`), a write timeout
+//! (`sip.write_timeout_ms`), one slot each of `sip.max_connections`, and for accepted
+//! ones a slot of `sip.max_connections_per_address`. A TLS connection is a TCP one after a rustls
 //! handshake; an outbound one checks the certificate against the target's host name and
 //! is reused only for requests to the same address and name.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -662,7 +664,10 @@ pub async fn start(
     let limits = StreamLimits {
         max,
         idle: Duration::from_millis(config.sip.idle_timeout_ms),
+        read: Duration::from_millis(config.sip.read_timeout_ms),
+        write: Duration::from_millis(config.sip.write_timeout_ms),
         slots: Arc::new(Semaphore::new(config.sip.max_connections)),
+        per_address: Arc::new(PerAddress::new(config.sip.max_connections_per_address)),
     };
     let tls = config.sip.tls.as_ref().map(|t| t.context.clone());
     let mut locals = Vec::new();
@@ -747,7 +752,8 @@ pub async fn start(
         .and_then(|r| NextHop::parse(&r.registrar).ok())
         .map(|h| h.destination);
     let peers = Arc::new(std::sync::Mutex::new(Peers::default()));
-    let core = SipCore::new(Timers::from(config.sip.timers), locals.clone(), max);
+    let core = SipCore::new(Timers::from(config.sip.timers), locals.clone(), max)
+        .with_max_server_transactions(config.sip.max_server_transactions);
     let driver = Driver {
         core,
         udp: udp_sockets,
@@ -822,7 +828,62 @@ struct StreamLimits {
     max: usize,
     /// `sip.idle_timeout_ms`.
     idle: Duration,
+    /// `sip.read_timeout_ms`: a message begun must be complete within this.
+    read: Duration,
+    /// `sip.write_timeout_ms`: a message the peer has not taken within this long ends
+    /// the connection.
+    write: Duration,
     slots: Arc<Semaphore>,
+    /// Accepted connections per source address (`sip.max_connections_per_address`).
+    per_address: Arc<PerAddress>,
+}
+
+/// Counts accepted connections per source IP address.
+struct PerAddress {
+    max: usize,
+    open: std::sync::Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerAddress {
+    fn new(max: usize) -> Self {
+        PerAddress {
+            max,
+            open: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` when it has `max` already.
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        // The counts hold no invariant a panic elsewhere could break half-way.
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection's place in [`PerAddress`]; given back when dropped.
+struct AddressSlot {
+    counts: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 struct Conn {
@@ -1182,6 +1243,8 @@ impl Driver {
                 local: stream.local_addr().unwrap_or(remote),
                 limits,
                 _slot: permit,
+                // Stox's own connections are not counted against the peer's address.
+                _address_slot: None,
             };
             let Some((connector, name)) = tls else {
                 return run_conn(stream, ctx, writes, tx).await;
@@ -1213,6 +1276,18 @@ fn warn_limit(last: &mut Option<Instant>, remote: &SocketAddr) {
         tracing::warn!(%remote, "sip.max_connections reached: connection refused (further refusals are logged at debug for a while).");
     } else {
         tracing::debug!(%remote, "sip.max_connections reached: connection refused.");
+    }
+}
+
+/// Logs that `sip.max_connections_per_address` turned a connection away, at most every
+/// few seconds.
+fn warn_address_limit(last: &mut Option<Instant>, remote: &SocketAddr) {
+    let now = Instant::now();
+    if last.is_none_or(|t| now.duration_since(t) >= LIMIT_WARNING_EVERY) {
+        *last = Some(now);
+        tracing::warn!(%remote, "sip.max_connections_per_address reached: connection refused (further refusals are logged at debug for a while).");
+    } else {
+        tracing::debug!(%remote, "sip.max_connections_per_address reached: connection refused.");
     }
 }
 
@@ -1315,6 +1390,7 @@ async fn stream_acceptor(
         Transport::Tcp
     };
     let mut limit_warned = None;
+    let mut address_warned = None;
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(x) => x,
@@ -1330,6 +1406,11 @@ async fn stream_acceptor(
             drop(stream);
             continue;
         };
+        let Some(address_slot) = limits.per_address.acquire(remote.ip()) else {
+            warn_address_limit(&mut address_warned, &remote);
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let ctx = ConnCtx {
             id: ConnId(ids.fetch_add(1, Ordering::Relaxed)),
@@ -1338,6 +1419,7 @@ async fn stream_acceptor(
             local,
             limits: limits.clone(),
             _slot: slot,
+            _address_slot: Some(address_slot),
         };
         let tx = tx.clone();
         let tls = tls.clone();
@@ -1373,6 +1455,26 @@ async fn stream_acceptor(
                 }
             }
         });
+    }
+}
+
+/// Writes and flushes `bytes`, failing when the peer has not taken them within `limit`.
+async fn write_within<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), String> {
+    let write = async {
+        wr.write_all(bytes).await?;
+        wr.flush().await
+    };
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no progress within sip.write_timeout_ms ({} ms)",
+            limit.as_millis()
+        )),
     }
 }
 
@@ -1423,6 +1525,8 @@ struct ConnCtx {
     local: SocketAddr,
     limits: StreamLimits,
     _slot: OwnedSemaphorePermit,
+    /// Accepted connections only: the place in `sip.max_connections_per_address`.
+    _address_slot: Option<AddressSlot>,
 }
 
 /// One TCP or TLS connection: frames what it reads by Content-Length, writes what it is
@@ -1442,6 +1546,7 @@ async fn run_conn<S>(
         local,
         limits,
         _slot,
+        _address_slot,
     } = ctx;
     let (mut rd, mut wr) = tokio::io::split(stream);
     let source = Source {
@@ -1457,13 +1562,18 @@ async fn run_conn<S>(
     let writer_activity = activity.clone();
     let writer_tx = tx.clone();
     let (pong_tx, mut pong_rx) = mpsc::channel::<()>(4);
+    // Fired (or dropped) when the writer gives up, so the reader ends too: a peer that
+    // stopped reading must not keep the connection and its descriptor by still sending.
+    let (write_failed_tx, mut write_failed) = oneshot::channel::<()>();
+    let write_timeout = limits.write;
     let writer = tokio::spawn(async move {
         let mut pongs = true;
         loop {
             tokio::select! {
                 w = writes.recv() => {
                     let Some((bytes, client)) = w else { break };
-                    if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
+                    if let Err(why) = write_within(&mut wr, &bytes, write_timeout).await {
+                        tracing::debug!(%remote, transport = transport.via_name(), %why, "Connection write failed; closing the connection.");
                         if let Some(client) = client {
                             let _ = writer_tx.send(Input::TransportError { client }).await;
                         }
@@ -1478,13 +1588,15 @@ async fn run_conn<S>(
                         pongs = false;
                         continue;
                     }
-                    if wr.write_all(b"\r\n").await.is_err() || wr.flush().await.is_err() {
+                    if let Err(why) = write_within(&mut wr, b"\r\n", write_timeout).await {
+                        tracing::debug!(%remote, transport = transport.via_name(), %why, "Connection write failed; closing the connection.");
                         break;
                     }
                 }
             }
             touch(&writer_activity);
         }
+        let _ = write_failed_tx.send(());
         // Anything still queued cannot go out: fail its transactions now.
         writes.close();
         while let Some((_, client)) = writes.recv().await {
@@ -1492,23 +1604,38 @@ async fn run_conn<S>(
                 let _ = writer_tx.send(Input::TransportError { client }).await;
             }
         }
-        let _ = wr.shutdown().await;
+        // A TLS close_notify is a write too: it may not block on a peer that never reads.
+        let _ = tokio::time::timeout(write_timeout, wr.shutdown()).await;
     });
 
     let kind = transport.via_name();
     let mut buf = BytesMut::with_capacity(8192);
     let mut pending = Reassembly::default();
+    // When the first byte of the message now in `buf` arrived: all of it must follow
+    // within `sip.read_timeout_ms`, however slowly it trickles (slowloris).
+    let mut begun: Option<Instant> = None;
     'read: loop {
         let idle_since = epoch + Duration::from_millis(activity.load(Ordering::Relaxed));
+        let read_by = begun.map(|t| t + limits.read);
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) => break,
-                Ok(_) => touch(&activity),
+                Ok(_) => {
+                    touch(&activity);
+                    if begun.is_none() {
+                        begun = Some(Instant::now());
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(%remote, transport = kind, error = %e, "Connection read failed.");
                     break;
                 }
             },
+            _ = tokio::time::sleep_until(read_by.unwrap_or(idle_since)), if read_by.is_some() => {
+                tracing::debug!(%remote, transport = kind, limit_ms = limits.read.as_millis() as u64, "A message did not arrive whole within sip.read_timeout_ms; closing the connection.");
+                break;
+            }
+            _ = &mut write_failed => break,
             _ = tokio::time::sleep_until(idle_since + limits.idle) => {
                 if idle_since == epoch + Duration::from_millis(activity.load(Ordering::Relaxed)) {
                     tracing::debug!(%remote, transport = kind, "Closing an idle connection.");
@@ -1527,13 +1654,19 @@ async fn run_conn<S>(
                 let _ = buf.split_to(skip);
                 pending = Reassembly::default();
             }
-            if buf.is_empty() || !pending.worth_parsing(&buf, limits.max) {
+            if buf.is_empty() {
+                begun = None;
+                break;
+            }
+            if !pending.worth_parsing(&buf, limits.max) {
                 break;
             }
             match message::parse(&buf, Framing::Stream, limits.max) {
                 Ok(p) => {
                     let _ = buf.split_to(p.len);
                     pending = Reassembly::default();
+                    // What follows in the buffer is the start of the next message.
+                    begun = Some(Instant::now());
                     if tx
                         .send(Input::Message {
                             message: p.message,
@@ -1558,6 +1691,7 @@ async fn run_conn<S>(
                         Some(len) if len <= buf.len() => {
                             let _ = buf.split_to(len);
                             pending = Reassembly::default();
+                            begun = Some(Instant::now());
                             true
                         }
                         _ => false,

@@ -660,6 +660,26 @@ pub fn response_to(req: &Request, status: u16, reason: Option<&str>, to_tag: &st
     }
 }
 
+/// Builds a dialog-creating response (a 2xx to INVITE or SUBSCRIBE, a 1xx other than 100
+/// to INVITE, the 200 to the NOTIFY that makes a subscriber's dialog): as
+/// [`response_to`], plus every Record-Route of the request in order (RFC 3261 12.1.1),
+/// so the peer's ACK, BYE and other in-dialog requests keep going through the proxies
+/// that asked to stay in the path.
+pub fn dialog_response_to(
+    req: &Request,
+    status: u16,
+    reason: Option<&str>,
+    to_tag: &str,
+) -> Response {
+    let mut r = response_to(req, status, reason, to_tag);
+    for h in req.headers.iter() {
+        if h.name().eq_ignore_ascii_case("Record-Route") {
+            r.headers.push(h.clone());
+        }
+    }
+    r
+}
+
 /// The Request-URI as received: rsipstack keeps the user part as written (still %-encoded)
 /// but re-encodes it on display, which would turn `%40` into `%2540`.
 pub fn raw_uri(uri: &rsipstack::sip::Uri) -> String {
@@ -1026,6 +1046,39 @@ mod tests {
         assert!(String::from_utf8(to_bytes(&mut resp))
             .unwrap()
             .starts_with("SIP/2.0 400 Missing Thing\r\n"));
+    }
+
+    #[test]
+    fn a_dialog_creating_response_keeps_every_record_route_in_order() {
+        let text = romeo_message(
+            "Record-Route: <sip:p2.example.com;lr>, <sip:p1.example.net;lr>\r\n\
+             Record-Route: <sip:p0.example.org;lr>\r\n",
+            "hi",
+        );
+        let SipMessage::Request(req) = parse(text.as_bytes(), Framing::Datagram, MAX)
+            .unwrap()
+            .message
+        else {
+            panic!()
+        };
+        let mut resp = SipMessage::Response(dialog_response_to(&req, 200, None, "x1"));
+        let s = String::from_utf8(to_bytes(&mut resp)).unwrap();
+        let rr: Vec<&str> = s
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("record-route:"))
+            .collect();
+        let all = rr.join(",");
+        let (p2, p1, p0) = (
+            all.find("p2.example.com"),
+            all.find("p1.example.net"),
+            all.find("p0.example.org"),
+        );
+        assert!(p2.is_some() && p1.is_some() && p0.is_some(), "{s}");
+        assert!(p2 < p1 && p1 < p0, "order kept: {s}");
+        // Other responses do not carry it.
+        let mut plain = SipMessage::Response(response_to(&req, 200, None, "x1"));
+        let s = String::from_utf8(to_bytes(&mut plain)).unwrap();
+        assert!(!s.to_ascii_lowercase().contains("record-route"), "{s}");
     }
 
     #[test]

@@ -534,6 +534,18 @@ listen = [{listen}]
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().expect("stox is running").child.id()
+    }
+
+    /// How many descriptors the running process holds open (/proc/PID/fd).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     /// Waits until the log has said `text` `count` times in all.
     pub fn wait_log(&self, text: &str, count: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
