@@ -179,7 +179,7 @@ pub struct SipConfig {
     /// Registration of stox at a registrar (`[sip.register]`).
     pub register: Option<RegisterConfig>,
     /// Address blocks a remote party may make stox send to even when they are loopback,
-    /// private or link-local, on any port (`sip.allowed_destinations`; default none).
+    /// private or link-local, on SIP ports (`sip.allowed_destinations`; default none).
     pub allowed_destinations: Vec<crate::destination::Cidr>,
 }
 

@@ -7,19 +7,23 @@
 //!
 //! * `Chosen::Config`: `sip.routes`, `sip.outbound_proxy`, `sip.register.registrar`. The
 //!   admin vouches for these; anything goes.
-//! * `Chosen::Peer`: the address a SIP message came from (the INVITE's source for its
-//!   a=path, the address a dialog's messages come from). That host already speaks SIP to
-//!   stox, so its address class is no reason to refuse; the port rule still applies.
+//! * `Chosen::Peer`: in a dialog (a Contact, a Record-Route, an a=path), an address that
+//!   SIP came from lately ([`Peers`]). That host already speaks SIP to stox, so its
+//!   address class is no reason to refuse; the port rule still applies. An XMPP user's
+//!   choice (the host in a JID) is never raised to `Peer`.
 //! * `Chosen::Remote`: what a remote party wrote (an IP literal in a JID, a Contact, a
 //!   Record-Route, an a=path, a DNS name it made resolve somewhere). Refused when the
 //!   address is loopback, link-local, private, unspecified, multicast, broadcast
-//!   (unless inside `sip.allowed_destinations`), or the port is below 1024.
+//!   (unless inside `sip.allowed_destinations`), or the port fails the port rule.
 //!
 //! The port rule: SIP's own ports (5060, 5061) and MSRP's ephemeral a=path ports are all
-//! at or above 1024, while the services a cross-protocol request could abuse by
-//! line-oriented parsing (SMTP 25, HTTP 80, POP 110, IMAP 143, ...) sit below 1024. stox
-//! writes only whole SIP or MSRP messages, so a reply on a higher port is a failed
-//! transaction at worst. A port below 1024 is reached only through config.
+//! at or above 1024, while most services a cross-protocol request could abuse by
+//! line-oriented parsing (SMTP 25, HTTP 80, POP 110, IMAP 143, ...) sit below 1024; the
+//! few well-known ones above it that read lines or commands from a TCP stream (Redis
+//! 6379, memcached 11211, the databases, Docker, etcd, ...) are in [`NON_SIP_PORTS`]. A
+//! body in a SIP request is the sender's text, so on such a port it would be commands
+//! (that is why a UDP request that switches to TCP, RFC 3261 18.1.1, is judged on the same
+//! address and port). These ports are reached only through config.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -44,12 +48,36 @@ pub enum Service {
 /// The lowest port a remote party may pick.
 pub const MIN_REMOTE_PORT: u16 = 1024;
 
+/// Well-known TCP services at or above 1024 that take commands line by line (or whose
+/// text protocol a SIP body could speak): never a remote party's choice.
+pub const NON_SIP_PORTS: &[u16] = &[
+    1080,  // SOCKS
+    1433,  // MS SQL
+    1521,  // Oracle
+    2049,  // NFS
+    2375,  // Docker API
+    2376,  // Docker API (TLS)
+    2379,  // etcd
+    3128,  // HTTP proxy
+    3306,  // MySQL
+    5432,  // PostgreSQL
+    5984,  // CouchDB
+    6379,  // Redis
+    6443,  // Kubernetes API
+    6667,  // IRC
+    8080,  // HTTP
+    8443,  // HTTPS
+    9200,  // Elasticsearch
+    11211, // memcached
+    27017, // MongoDB
+];
+
 /// Why a destination is not used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     #[error("{0} is a {1} address chosen by a remote party (not in sip.allowed_destinations)")]
     Address(IpAddr, &'static str),
-    #[error("port {0} is below {MIN_REMOTE_PORT} and was chosen by a remote party")]
+    #[error("port {0} is not a SIP port (below {MIN_REMOTE_PORT} or a well-known service) and was chosen by a remote party")]
     Port(u16),
 }
 
@@ -195,11 +223,13 @@ impl Policy {
             return Ok(());
         }
         let ip = to.ip();
+        // The port rule holds inside sip.allowed_destinations too: naming a block of SIP
+        // servers is not naming every service on them.
+        if to.port() < MIN_REMOTE_PORT || NON_SIP_PORTS.contains(&to.port()) {
+            return Err(Refused::Port(to.port()));
+        }
         if self.allowed.iter().any(|c| c.contains(ip)) {
             return Ok(());
-        }
-        if to.port() < MIN_REMOTE_PORT {
-            return Err(Refused::Port(to.port()));
         }
         if chosen == Chosen::Remote {
             if let Some(class) = restricted_class(ip) {
@@ -314,7 +344,7 @@ mod tests {
     #[test]
     fn well_known_ports_are_refused_to_a_remote_party_and_to_a_peer() {
         let p = Policy::default();
-        for port in [0u16, 22, 25, 80, 110, 143, 443, 1023] {
+        for port in [0u16, 22, 25, 80, 110, 143, 443, 1023, 3306, 6379, 11211] {
             let to = SocketAddr::new("192.0.2.10".parse().unwrap(), port);
             assert_eq!(
                 p.check(to, Chosen::Remote, Service::Sip),
@@ -349,14 +379,23 @@ mod tests {
     }
 
     #[test]
-    fn allowed_destinations_lift_both_rules_inside_their_blocks_only() {
+    fn allowed_destinations_lift_the_address_rule_inside_their_blocks_only() {
         let p = Policy::new(vec![
             Cidr::parse("127.0.0.0/8").unwrap(),
             Cidr::parse("fd00::/8").unwrap(),
             Cidr::parse("192.168.7.9").unwrap(),
         ]);
+        for addr in ["127.0.0.1:25", "127.0.0.1:6379", "[fd00::5]:80"] {
+            assert!(
+                matches!(
+                    p.check(sa(addr), Chosen::Remote, Service::Sip),
+                    Err(Refused::Port(_))
+                ),
+                "{addr}"
+            );
+        }
         for addr in [
-            "127.0.0.1:25",
+            "127.0.0.1:5060",
             "127.9.9.9:5060",
             "[::ffff:127.0.0.1]:5060",
             "[fd00::5]:5060",

@@ -240,6 +240,10 @@ struct Hop {
     /// The Request-URI names a host the admin configured (the registrar, a domain of
     /// `sip.routes`): only then is a 401 answered with credentials (issue 11 item 4).
     target_configured: bool,
+    /// In a dialog the remote target and route set come from the SIP peer, whose own
+    /// address vouches for itself (crate::destination::Peers); out of dialog the
+    /// Request-URI comes from a JID, and an XMPP user's choice is vouched for by nobody.
+    in_dialog: bool,
 }
 
 impl SipHandle {
@@ -286,7 +290,7 @@ impl SipHandle {
         if hop.chosen == Chosen::Config {
             self.digest().authorize(&mut request, &scope);
         }
-        let targets = self.vet(self.inner.locator.locate(destination).await?, hop.chosen)?;
+        let targets = self.vet(self.inner.locator.locate(destination).await?, &hop)?;
         let mut last = SipError::Locate(LocateError::NoRecords {
             host: destination.host.clone(),
         });
@@ -348,7 +352,7 @@ impl SipHandle {
     pub async fn ack(&self, mut request: Request, fallback: &Target) {
         let hop = self.next_hop(&mut request, true);
         let located = match self.inner.locator.locate(&hop.destination).await {
-            Ok(t) => self.vet(t, hop.chosen),
+            Ok(t) => self.vet(t, &hop),
             Err(e) => Err(e.into()),
         };
         let target = match located {
@@ -400,6 +404,7 @@ impl SipHandle {
             destination,
             chosen,
             target_configured,
+            in_dialog,
         }
     }
 
@@ -465,7 +470,7 @@ impl SipHandle {
             // RFC 5630 4.1: a sips: next hop is reached over TLS, never in the clear.
             targets.retain(|t| t.transport == Transport::Tls);
         }
-        let targets = self.vet(targets, hop.chosen)?;
+        let targets = self.vet(targets, &hop)?;
         let mut last = Err(SipError::Locate(LocateError::NoRecords {
             host: destination.host.clone(),
         }));
@@ -516,13 +521,17 @@ impl SipHandle {
     /// The located targets the policy lets stox send to, or why there is none. It is
     /// checked on the address and port, so the TCP a big UDP request switches to
     /// (RFC 3261 18.1.1, same address and port) is covered too.
-    fn vet(&self, targets: Vec<Target>, chosen: Chosen) -> Result<Vec<Target>, SipError> {
+    fn vet(&self, targets: Vec<Target>, hop: &Hop) -> Result<Vec<Target>, SipError> {
         let now = std::time::Instant::now();
         let mut refused = None;
         let allowed: Vec<Target> = targets
             .into_iter()
             .filter(|t| {
-                let chosen = self.peers().vouch(t.addr.ip(), chosen, now);
+                let chosen = if hop.in_dialog {
+                    self.peers().vouch(t.addr.ip(), hop.chosen, now)
+                } else {
+                    hop.chosen
+                };
                 match self.inner.policy.check(t.addr, chosen, Service::Sip) {
                     Ok(()) => true,
                     Err(e) => {
