@@ -363,3 +363,115 @@ fn credentials_answer_the_configured_routes_challenge_but_not_a_jid_chosen_hosts
     assert!(!messages.contains("gwuser"), "{messages}");
     stox.wait_log("Challenge from a destination not configured", 1, WAIT);
 }
+
+/// SIPp as romeo's UA: takes the INVITE and answers 200 whose Contact (and, with
+/// `record_route`, Record-Route) and a=path name `trap` (127.0.0.2, in no config), then
+/// takes the ACK and the MESSAGE stox falls back to (RFC 7573: no session, pager mode).
+fn invite_uas_pointing_at(trap: u16, record_route: bool) -> String {
+    let sdp = format!(
+        "v=0\r\no=romeo 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n\
+         m=message {trap} TCP/MSRP *\r\na=accept-types:text/plain\r\n\
+         a=path:msrp://127.0.0.2:{trap}/romeo9;tcp\r\na=setup:passive\r\n"
+    );
+    let rr = if record_route {
+        format!("Record-Route: <sip:127.0.0.2:{trap};lr>\n")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="chat-uas-elsewhere">
+  <recv request="INVITE" />
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+{rr}Contact: <sip:romeo@127.0.0.2:{trap}>
+Content-Type: application/sdp
+Content-Length: [len]
+
+{sdp}]]>
+  </send>
+  <recv request="ACK" />
+  <recv request="MESSAGE" />
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag02[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]>
+  </send>
+</scenario>
+"#
+    )
+}
+
+fn contact_and_a_path_elsewhere(record_route: bool) {
+    let dir = temp_dir();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let (uas_port, msrp_port) = (free_port(), free_port());
+    let stox = Stox::start(
+        dir.path(),
+        prosody.component_port,
+        &format!(
+            "[sip.routes]\n\"sip.test\" = \"sip:127.0.0.1:{uas_port};transport=udp\"\n\
+             [msrp]\nlisten = \"127.0.0.1:{msrp_port}\"\n"
+        ),
+    );
+    stox.wait_online(1);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+    let trap = Trap::bind("127.0.0.2");
+    let uas = sipp_uas_at(
+        dir.path(),
+        "uas",
+        &invite_uas_pointing_at(trap.port, record_route),
+        "127.0.0.1",
+        uas_port,
+    );
+    juliet.send_raw(
+        "<message to='romeo\\40sip.test@sip.localhost' type='chat' id='c1'>\
+         <body>Wherefore art thou?</body><thread>th-9</thread></message>",
+    );
+    // The ACK is not sent to the Contact (or Route) the answer named, but where the
+    // INVITE went: the configured route, where SIPp takes it. The a=path is not
+    // connected to, the BYE not sent, and the message goes as MESSAGE through the route.
+    let messages = finish(uas, dir.path(), "uas");
+    assert!(messages.contains("ACK sip:romeo@127.0.0.2"), "{messages}");
+    assert!(
+        messages.contains("MESSAGE sip:romeo@sip.test SIP/2.0"),
+        "{messages}"
+    );
+    assert!(messages.contains("Wherefore art thou?"), "{messages}");
+    stox.wait_log("Not connecting MSRP there.", 1, WAIT);
+    stox.wait_log("BYE failed. error=not sending there", 1, WAIT);
+    let refused = format!("target=127.0.0.2:{}", trap.port);
+    stox.wait_log(&refused, 2, WAIT);
+    assert!(
+        !juliet
+            .stanzas_seen()
+            .iter()
+            .any(|s| s.contains("type=\"error\"")),
+        "{:?}",
+        juliet.stanzas_seen()
+    );
+    trap.assert_untouched("127.0.0.2 (Contact, Record-Route, a=path)");
+}
+
+#[test]
+fn a_contact_and_a_path_naming_an_unvouched_loopback_address_are_not_followed() {
+    contact_and_a_path_elsewhere(false);
+}
+
+#[test]
+fn a_record_route_naming_an_unvouched_loopback_address_is_not_followed() {
+    contact_and_a_path_elsewhere(true);
+}
