@@ -475,3 +475,133 @@ fn a_contact_and_a_path_naming_an_unvouched_loopback_address_are_not_followed() 
 fn a_record_route_naming_an_unvouched_loopback_address_is_not_followed() {
     contact_and_a_path_elsewhere(true);
 }
+
+/// SIPp at the configured route: answers the INVITE 200 with a Contact (or, with
+/// `record_route`, a Record-Route) at `elsewhere` (127.0.0.3, allowed but configured for
+/// no credentials) and an a=path nobody may connect to, then takes the MESSAGE stox falls
+/// back to.
+fn invite_uas_dialog_at(elsewhere: u16, dead_path: u16, record_route: bool) -> String {
+    let sdp = format!(
+        "v=0\r\no=romeo 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n\
+         m=message {dead_path} TCP/MSRP *\r\na=accept-types:text/plain\r\n\
+         a=path:msrp://127.0.0.2:{dead_path}/romeo7;tcp\r\na=setup:passive\r\n"
+    );
+    let (rr, contact) = if record_route {
+        (
+            format!("Record-Route: <sip:127.0.0.3:{elsewhere};lr>\n"),
+            format!("<sip:romeo@127.0.0.2:{dead_path}>"),
+        )
+    } else {
+        (String::new(), format!("<sip:romeo@127.0.0.3:{elsewhere}>"))
+    };
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="dialog-elsewhere">
+  <recv request="INVITE" />
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+{rr}Contact: {contact}
+Content-Type: application/sdp
+Content-Length: [len]
+
+{sdp}]]>
+  </send>
+  <recv request="MESSAGE" />
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag02[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]>
+  </send>
+</scenario>
+"#
+    )
+}
+
+/// SIPp at the dialog's remote target or Route: takes the ACK, challenges the BYE with a
+/// 401 for the realm stox has credentials for, and expects nothing more.
+fn bye_challenger() -> String {
+    r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="bye-challenger">
+  <recv request="ACK" />
+  <recv request="BYE" />
+  <send>
+    <![CDATA[
+SIP/2.0 401 Unauthorized
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+WWW-Authenticate: Digest realm="sip.test", nonce="n0nce1234", algorithm=MD5, qop="auth"
+Content-Length: 0
+
+]]>
+  </send>
+</scenario>
+"#
+    .to_string()
+}
+
+fn dialog_challenge_gets_no_credentials(record_route: bool) {
+    let dir = temp_dir();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let (uas_port, msrp_port) = (free_port(), free_port());
+    let stox = Stox::start(
+        dir.path(),
+        prosody.component_port,
+        &format!(
+            "allowed_destinations = [\"127.0.0.3\"]\n{CREDENTIALS}\n\
+             [sip.routes]\n\"sip.test\" = \"sip:127.0.0.1:{uas_port};transport=udp\"\n\
+             [msrp]\nlisten = \"127.0.0.1:{msrp_port}\"\n"
+        ),
+    );
+    stox.wait_online(1);
+    let mut juliet = XmppClient::login("juliet", "pw", prosody.c2s_port);
+    let trap = Trap::bind("127.0.0.2");
+    let elsewhere = free_port();
+    let challenger = sipp_uas_at(dir.path(), "bye", &bye_challenger(), "127.0.0.3", elsewhere);
+    let uas = sipp_uas_at(
+        dir.path(),
+        "uas",
+        &invite_uas_dialog_at(elsewhere, trap.port, record_route),
+        "127.0.0.1",
+        uas_port,
+    );
+    juliet.send_raw(
+        "<message to='romeo\\40sip.test@sip.localhost' type='chat' id='d1'>\
+         <body>Good night, good night!</body><thread>th-7</thread></message>",
+    );
+    let routed = finish(uas, dir.path(), "uas");
+    assert!(routed.contains("Good night, good night!"), "{routed}");
+    // The BYE went to the dialog's remote target (or Route), was challenged for realm
+    // sip.test, and that challenge was not answered: one BYE, no credentials.
+    let messages = finish(challenger, dir.path(), "bye");
+    stox.wait_log("Challenge from a destination not configured", 1, WAIT);
+    assert_eq!(messages.matches("BYE sip:romeo@").count(), 1, "{messages}");
+    assert!(!messages.contains("Authorization"), "{messages}");
+    assert!(!messages.contains("gwuser"), "{messages}");
+    trap.assert_untouched("127.0.0.2 (a=path)");
+}
+
+#[test]
+fn a_challenge_from_a_dialogs_contact_gets_no_credentials() {
+    dialog_challenge_gets_no_credentials(false);
+}
+
+#[test]
+fn a_challenge_from_a_record_route_gets_no_credentials() {
+    dialog_challenge_gets_no_credentials(true);
+}
