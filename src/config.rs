@@ -183,6 +183,9 @@ pub struct SipConfig {
     pub register: Option<RegisterConfig>,
     /// `sip.trusted_peers` and the limits for untrusted sources (issue 11).
     pub trust: crate::sip::trust::TrustConfig,
+    /// Address blocks a remote party may make stox send to even when they are loopback,
+    /// private or link-local, on SIP ports (`sip.allowed_destinations`; default none).
+    pub allowed_destinations: Vec<crate::destination::Cidr>,
 }
 
 /// A username and password for one digest realm. The password never shows in `Debug`.
@@ -505,6 +508,7 @@ struct RawSip {
     subscribe_rate_per_domain: Option<u32>,
     #[serde(default)]
     subscribe_burst_per_domain: Option<u32>,
+    allowed_destinations: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -892,6 +896,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     )?;
     trust.own_domains = sip_domains.clone();
     let credentials = validate_credentials(raw.sip.credentials)?;
+    let mut allowed_destinations = Vec::new();
+    for (i, c) in raw.sip.allowed_destinations.iter().enumerate() {
+        let cidr = crate::destination::Cidr::parse(c).map_err(|why| {
+            ConfigError::invalid(format!("sip.allowed_destinations[{i}]"), c, why)
+        })?;
+        allowed_destinations.push(cidr);
+    }
     let register = match raw.sip.register {
         Some(r) => Some(validate_register(r)?),
         None => None,
@@ -941,6 +952,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             credentials,
             register,
             trust,
+            allowed_destinations,
         },
         dns: DnsConfig { nameservers },
         presence: validate_presence(raw.presence)?,
@@ -1824,6 +1836,33 @@ realm = "registrar.example.net"
 username = "gw"
 password = "reg-pw"
 "#;
+
+    #[test]
+    fn allowed_destinations_are_cidr_blocks_and_none_by_default() {
+        assert!(Config::parse(MINIMAL)
+            .unwrap()
+            .sip
+            .allowed_destinations
+            .is_empty());
+        let c = Config::parse(&format!(
+            "{MINIMAL}[sip]\nallowed_destinations = [\"127.0.0.0/8\", \"::1\"]\n"
+        ))
+        .unwrap();
+        let shown: Vec<String> = c
+            .sip
+            .allowed_destinations
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(shown, ["127.0.0.0/8", "::1/128"]);
+        let e = err(&format!(
+            "{MINIMAL}[sip]\nallowed_destinations = [\"10.0.0.0/8\", \"10.0.0.0/40\"]\n"
+        ));
+        assert!(
+            e.starts_with("sip.allowed_destinations[1]: \"10.0.0.0/40\" is not valid: "),
+            "{e}"
+        );
+    }
 
     #[test]
     fn credentials_are_read_per_realm_and_the_password_is_redacted() {

@@ -145,6 +145,7 @@ impl Im {
                         SipError::Transport | SipError::NoListener(_) | SipError::Stopped => {
                             DefinedCondition::ServiceUnavailable
                         }
+                        SipError::Refused(_) => DefinedCondition::NotAllowed,
                     };
                     self.bounce(&msg, stanza_error(cond, e.to_string()));
                 }

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod config;
 #[cfg(test)]
 mod corpus;
+pub mod destination;
 pub mod gateway;
 pub mod im;
 pub mod mapping;

@@ -372,10 +372,18 @@ impl Edge {
                 } => {
                     let session_id = session.local().session_id.clone().unwrap_or_default();
                     let connector = self.connector.clone();
+                    let sip = self.sip.clone();
+                    // issue 11 item 5: a=path is the SIP peer's choice; the destination
+                    // policy (or the peer's own address) decides where stox connects.
+                    let vet = move |to| sip.msrp_destination(to);
                     self.worker(id, itx, session_id, async move {
                         match (tls, connector) {
-                            (false, _) => conn::connect(&host, port, session).await,
-                            (true, Some(c)) => conn::connect_tls(&host, port, session, c).await,
+                            (false, _) => {
+                                conn::connect_vetted(&host, port, session, None, vet).await
+                            }
+                            (true, Some(c)) => {
+                                conn::connect_vetted(&host, port, session, Some(c), vet).await
+                            }
                             (true, None) => Err(conn::ConnError::Closed),
                         }
                     });

@@ -161,6 +161,9 @@ pub enum ConnError {
     ServerName(String),
     #[error("TLS handshake did not complete in time")]
     HandshakeTimeout,
+    /// issue 11 item 5: the a=path the SIP peer chose names a destination not allowed.
+    #[error("not connecting there: {0}")]
+    Refused(#[from] crate::destination::Refused),
     #[error("no complete first request within {0:?}")]
     FirstRequestTimeout(Duration),
     #[error("more than {0} bytes before a routable first request")]
@@ -288,6 +291,73 @@ pub async fn connect(
 ) -> Result<SessionHandle, ConnError> {
     let stream = TcpStream::connect((host, port)).await?;
     let _ = stream.set_nodelay(true);
+    session.bind();
+    Ok(spawn(stream, Bytes::new(), session))
+}
+
+/// [`connect`] or [`connect_tls`] (with `tls`), to the first of `host`'s addresses that
+/// `vet` allows (crate::destination): a=path is chosen by the SIP peer, so its host is
+/// resolved here and checked before anything connects.
+pub async fn connect_vetted(
+    host: &str,
+    port: u16,
+    session: Session,
+    tls: Option<TlsConnector>,
+    vet: impl Fn(std::net::SocketAddr) -> Result<(), crate::destination::Refused>,
+) -> Result<SessionHandle, ConnError> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let mut refused = None;
+    let mut allowed = Vec::new();
+    for addr in tokio::net::lookup_host((bare, port)).await? {
+        match vet(addr) {
+            Ok(()) => allowed.push(addr),
+            Err(e) => {
+                tracing::info!(%addr, error = %e, "Not connecting MSRP there.");
+                refused.get_or_insert(e);
+            }
+        }
+    }
+    if allowed.is_empty() {
+        return Err(match refused {
+            Some(e) => ConnError::Refused(e),
+            None => ConnError::Io(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the a=path host has no address",
+            )),
+        });
+    }
+    match tls {
+        None => connect_addrs(&allowed[..], session).await,
+        Some(c) => connect_tls_addrs(host, &allowed[..], session, c).await,
+    }
+}
+
+async fn connect_addrs(
+    addrs: &[std::net::SocketAddr],
+    mut session: Session,
+) -> Result<SessionHandle, ConnError> {
+    let stream = TcpStream::connect(addrs).await?;
+    let _ = stream.set_nodelay(true);
+    session.bind();
+    Ok(spawn(stream, Bytes::new(), session))
+}
+
+async fn connect_tls_addrs(
+    host: &str,
+    addrs: &[std::net::SocketAddr],
+    mut session: Session,
+    connector: TlsConnector,
+) -> Result<SessionHandle, ConnError> {
+    let name =
+        crate::sip::tls::server_name(host).ok_or_else(|| ConnError::ServerName(host.into()))?;
+    let tcp = TcpStream::connect(addrs).await?;
+    let _ = tcp.set_nodelay(true);
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| ConnError::HandshakeTimeout)??;
     session.bind();
     Ok(spawn(stream, Bytes::new(), session))
 }

@@ -35,6 +35,7 @@ use super::message::{self, first_list_value, Framing, Reject};
 use super::transaction::Timers;
 use super::NextHop;
 use crate::config::{Config, ListenTransport};
+use crate::destination::{Chosen, Peers, Policy, Service};
 
 /// How long a TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,6 +58,9 @@ pub enum SipError {
     NoListener(Transport),
     #[error("the SIP stack has stopped")]
     Stopped,
+    /// issue 11: a remote party chose a destination stox does not send to.
+    #[error("not sending there: {0}")]
+    Refused(#[from] crate::destination::Refused),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +233,24 @@ struct HandleInner {
     user_agent: String,
     tokens: AtomicU64,
     auth: std::sync::Mutex<DigestClient>,
+    /// `sip.allowed_destinations` and the rules of crate::destination.
+    policy: Policy,
+    /// `sip.register.registrar` as a next hop: config vouches for it like for a route.
+    registrar: Option<Destination>,
+    peers: Arc<std::sync::Mutex<Peers>>,
+}
+
+/// Where a request goes, and who vouched for it (crate::destination).
+struct Hop {
+    destination: Destination,
+    chosen: Chosen,
+    /// The Request-URI names a host the admin configured (the registrar, a domain of
+    /// `sip.routes`): only then is a 401 answered with credentials (issue 11 item 4).
+    target_configured: bool,
+    /// In a dialog the remote target and route set come from the SIP peer, whose own
+    /// address vouches for itself (crate::destination::Peers); out of dialog the
+    /// Request-URI comes from a JID, and an XMPP user's choice is vouched for by nobody.
+    in_dialog: bool,
 }
 
 impl SipHandle {
@@ -246,16 +268,16 @@ impl SipHandle {
     /// located by RFC 3263, trying each target in turn on timeout, transport error or 503.
     /// Returns the final response.
     pub async fn send(&self, mut request: Request) -> Result<Response, SipError> {
-        let destination = self.next_hop(&mut request, false);
-        self.send_to(request, destination).await
+        let hop = self.next_hop(&mut request, false);
+        self.send_to(request, hop).await
     }
 
     /// Sends a request inside a dialog (RFC 3261 12.2.1.1): to the top Route when the
     /// route set is not empty, else to the remote target in the Request-URI (`sip.routes`
     /// still apply to its domain; the outbound proxy does not).
     pub async fn send_in_dialog(&self, mut request: Request) -> Result<Response, SipError> {
-        let destination = self.next_hop(&mut request, true);
-        self.send_to(request, destination).await
+        let hop = self.next_hop(&mut request, true);
+        self.send_to(request, hop).await
     }
 
     /// Sends an INVITE (out of dialog, or a re-INVITE with `in_dialog`) and returns once a
@@ -268,11 +290,14 @@ impl SipHandle {
         mut request: Request,
         in_dialog: bool,
     ) -> Result<(InviteClient, Response), SipError> {
-        let destination = self.next_hop(&mut request, in_dialog);
+        let hop = self.next_hop(&mut request, in_dialog);
+        let destination = &hop.destination;
         self.add_user_agent(&mut request);
-        let scope = auth_scope(&request, &destination);
-        self.digest().authorize(&mut request, &scope);
-        let targets = self.inner.locator.locate(&destination).await?;
+        let scope = auth_scope(&request, destination);
+        if hop.chosen == Chosen::Config {
+            self.digest().authorize(&mut request, &scope);
+        }
+        let targets = self.vet(self.inner.locator.locate(destination).await?, &hop)?;
         let mut last = SipError::Locate(LocateError::NoRecords {
             host: destination.host.clone(),
         });
@@ -295,9 +320,10 @@ impl SipHandle {
                 // A 401/407 as the first answer (the core has ACKed it): once per realm,
                 // the INVITE again to the same target with credentials and the next CSeq.
                 Some(ClientEvent::Response(r))
-                    if self
-                        .digest()
-                        .on_challenge(&mut request, &r, &scope, &mut exchange) =>
+                    if self.may_answer(&r, &hop)
+                        && self
+                            .digest()
+                            .on_challenge(&mut request, &r, &scope, &mut exchange) =>
                 {
                     tracing::debug!(
                         status = r.status_code.code(),
@@ -306,6 +332,7 @@ impl SipHandle {
                     continue;
                 }
                 Some(ClientEvent::Response(r)) => {
+                    self.note_peer(&to);
                     let client = InviteClient {
                         events,
                         target: to,
@@ -330,8 +357,12 @@ impl SipHandle {
     /// Route or the remote target, or to `fallback` (where the INVITE went) when neither
     /// can be located.
     pub async fn ack(&self, mut request: Request, fallback: &Target) {
-        let destination = self.next_hop(&mut request, true);
-        let target = match self.inner.locator.locate(&destination).await {
+        let hop = self.next_hop(&mut request, true);
+        let located = match self.inner.locator.locate(&hop.destination).await {
+            Ok(t) => self.vet(t, &hop),
+            Err(e) => Err(e.into()),
+        };
+        let target = match located {
             Ok(t) if !t.is_empty() => t[0].clone(),
             _ => fallback.clone(),
         };
@@ -349,7 +380,53 @@ impl SipHandle {
     /// The next hop of a request: a top Route (a dialog's route set), else `sip.routes` by
     /// the Request-URI's domain, else (out of dialog) the outbound proxy with a loose
     /// Route, else the Request-URI itself.
-    fn next_hop(&self, request: &mut Request, in_dialog: bool) -> Destination {
+    fn next_hop(&self, request: &mut Request, in_dialog: bool) -> Hop {
+        let host = request
+            .uri
+            .host_with_port
+            .host
+            .to_string()
+            .to_ascii_lowercase();
+        let ruri = Destination {
+            host: host.clone(),
+            port: request.uri.host_with_port.port.as_ref().map(|p| p.value()),
+            transport: None,
+            secure: matches!(request.uri.scheme, Some(rsipstack::sip::Scheme::Sips)),
+        };
+        let target_configured = self.inner.routes.contains_key(&host)
+            || self
+                .inner
+                .registrar
+                .as_ref()
+                .is_some_and(|r| same_hop(r, &ruri));
+        let destination = self.next_destination(request, in_dialog, &host);
+        // A Route from a Record-Route, or the Request-URI from a JID or a Contact: a
+        // remote party chose it, unless it is a hop the admin configured.
+        let chosen = if self.configured(&destination) {
+            Chosen::Config
+        } else {
+            Chosen::Remote
+        };
+        Hop {
+            destination,
+            chosen,
+            target_configured,
+            in_dialog,
+        }
+    }
+
+    /// Whether `d` is a next hop from config: the outbound proxy, a route, the registrar.
+    fn configured(&self, d: &Destination) -> bool {
+        let inner = &self.inner;
+        inner
+            .outbound_proxy
+            .iter()
+            .chain(inner.routes.values())
+            .any(|h| same_hop(&h.destination, d))
+            || inner.registrar.as_ref().is_some_and(|r| same_hop(r, d))
+    }
+
+    fn next_destination(&self, request: &mut Request, in_dialog: bool, host: &str) -> Destination {
         if let Some(route) = request.headers.iter().find_map(|h| match h {
             Header::Route(r) => Some(r.value().to_string()),
             _ => None,
@@ -359,13 +436,7 @@ impl SipHandle {
                 return hop.destination;
             }
         }
-        let host = request
-            .uri
-            .host_with_port
-            .host
-            .to_string()
-            .to_ascii_lowercase();
-        if let Some(hop) = self.inner.routes.get(&host) {
+        if let Some(hop) = self.inner.routes.get(host) {
             hop.destination.clone()
         } else if let (Some(proxy), false) = (&self.inner.outbound_proxy, in_dialog) {
             let route = if proxy.uri.contains(";lr") {
@@ -394,19 +465,19 @@ impl SipHandle {
         }
     }
 
-    async fn send_to(
-        &self,
-        mut request: Request,
-        destination: Destination,
-    ) -> Result<Response, SipError> {
+    async fn send_to(&self, mut request: Request, hop: Hop) -> Result<Response, SipError> {
+        let destination = &hop.destination;
         self.add_user_agent(&mut request);
-        let scope = auth_scope(&request, &destination);
-        self.digest().authorize(&mut request, &scope);
-        let mut targets = self.inner.locator.locate(&destination).await?;
+        let scope = auth_scope(&request, destination);
+        if hop.chosen == Chosen::Config {
+            self.digest().authorize(&mut request, &scope);
+        }
+        let mut targets = self.locator_targets(destination).await?;
         if destination.secure {
             // RFC 5630 4.1: a sips: next hop is reached over TLS, never in the clear.
             targets.retain(|t| t.transport == Transport::Tls);
         }
+        let targets = self.vet(targets, &hop)?;
         let mut last = Err(SipError::Locate(LocateError::NoRecords {
             host: destination.host.clone(),
         }));
@@ -422,8 +493,11 @@ impl SipHandle {
                 })
                 .map_err(|_| SipError::Stopped)?;
             let outcome = rx.await.map_err(|_| SipError::Stopped)?;
+            if outcome.is_ok() {
+                self.note_peer(&target);
+            }
             let outcome = self
-                .answer_challenges(outcome, &mut request, &target, &scope)
+                .answer_challenges(outcome, &mut request, &target, &scope, &hop)
                 .await;
             match outcome {
                 Ok(r) if r.status_code.code() == 503 => {
@@ -439,6 +513,68 @@ impl SipHandle {
         }
         last
     }
+}
+
+// Where stox may send (crate::destination): kept apart from `send` itself.
+impl SipHandle {
+    fn peers(&self) -> std::sync::MutexGuard<'_, Peers> {
+        self.inner.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn locator_targets(&self, destination: &Destination) -> Result<Vec<Target>, SipError> {
+        Ok(self.inner.locator.locate(destination).await?)
+    }
+
+    /// The located targets the policy lets stox send to, or why there is none. It is
+    /// checked on the address and port, so the TCP a big UDP request switches to
+    /// (RFC 3261 18.1.1, same address and port) is covered too.
+    fn vet(&self, targets: Vec<Target>, hop: &Hop) -> Result<Vec<Target>, SipError> {
+        let now = std::time::Instant::now();
+        let mut refused = None;
+        let allowed: Vec<Target> = targets
+            .into_iter()
+            .filter(|t| {
+                let chosen = if hop.in_dialog {
+                    self.peers().vouch(t.addr.ip(), hop.chosen, now)
+                } else {
+                    hop.chosen
+                };
+                match self.inner.policy.check(t.addr, chosen, Service::Sip) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::info!(target = %t.addr, error = %e, "Not sending a SIP request there.");
+                        refused.get_or_insert(e);
+                        false
+                    }
+                }
+            })
+            .collect();
+        match refused {
+            Some(e) if allowed.is_empty() => Err(SipError::Refused(e)),
+            _ => Ok(allowed),
+        }
+    }
+
+    /// A target that answered speaks SIP from that address (the dialog's peer).
+    fn note_peer(&self, target: &Target) {
+        self.peers()
+            .note(target.addr.ip(), std::time::Instant::now());
+    }
+
+    /// Whether an MSRP connection to `to` (a=path, chosen by the SIP peer) is allowed:
+    /// a SIP peer's own address, or the policy's rules for a remote party's choice.
+    pub fn msrp_destination(&self, to: SocketAddr) -> Result<(), crate::destination::Refused> {
+        let chosen = self
+            .peers()
+            .vouch(to.ip(), Chosen::Remote, std::time::Instant::now());
+        self.inner.policy.check(to, chosen, Service::Msrp)
+    }
+}
+
+/// The same host and port (the default port of the scheme when none is given).
+fn same_hop(a: &Destination, b: &Destination) -> bool {
+    let port = |d: &Destination| d.port.unwrap_or(if d.secure { 5061 } else { 5060 });
+    a.host.eq_ignore_ascii_case(&b.host) && port(a) == port(b)
 }
 
 // Digest authentication (sip::auth) of what `send` sends: kept apart from `send` itself.
@@ -457,11 +593,15 @@ impl SipHandle {
         request: &mut Request,
         target: &Target,
         scope: &Scope,
+        hop: &Hop,
     ) -> Result<Response, SipError> {
         let mut exchange = Exchange::default();
         loop {
             let retry = match &outcome {
-                Ok(r) => self.digest().on_challenge(request, r, scope, &mut exchange),
+                Ok(r) if self.may_answer(r, hop) => {
+                    self.digest().on_challenge(request, r, scope, &mut exchange)
+                }
+                Ok(_) => false,
                 Err(_) => false,
             };
             if !retry {
@@ -469,6 +609,26 @@ impl SipHandle {
             }
             outcome = self.transact(request.clone(), target).await;
         }
+    }
+
+    /// Issue 11 item 4: credentials go only to hops the admin configured. A 407 comes
+    /// from the next hop, so it is answered when that hop is configured; a 401 comes from
+    /// the target, so it is answered only when the Request-URI names a configured host
+    /// (through a configured hop): never for a Contact, a Record-Route or a JID's choice.
+    fn may_answer(&self, response: &Response, hop: &Hop) -> bool {
+        let answer = match response.status_code.code() {
+            407 => hop.chosen == Chosen::Config,
+            401 => hop.chosen == Chosen::Config && hop.target_configured,
+            _ => return false,
+        };
+        if !answer {
+            tracing::info!(
+                status = response.status_code.code(),
+                next_hop = %hop.destination.host,
+                "Challenge from a destination not configured for credentials; not answered."
+            );
+        }
+        answer
     }
 
     /// One client transaction to one target.
@@ -601,6 +761,13 @@ pub async fn start(
         .outbound_proxy
         .as_deref()
         .and_then(|p| NextHop::parse(p).ok());
+    let registrar = config
+        .sip
+        .register
+        .as_ref()
+        .and_then(|r| NextHop::parse(&r.registrar).ok())
+        .map(|h| h.destination);
+    let peers = Arc::new(std::sync::Mutex::new(Peers::default()));
     let core = SipCore::new(Timers::from(config.sip.timers), locals.clone(), max)
         .with_max_server_transactions(config.sip.max_server_transactions);
     let driver = Driver {
@@ -621,6 +788,7 @@ pub async fn start(
             ..limits
         },
         limit_warned: None,
+        peers: peers.clone(),
     };
     tokio::spawn(driver.run(rx, cmd_rx));
     Ok((
@@ -635,6 +803,9 @@ pub async fn start(
                 // 0 is the core's own (the CANCELs it sends).
                 tokens: AtomicU64::new(1),
                 auth: std::sync::Mutex::new(DigestClient::new(config.sip.credentials.clone())),
+                policy: Policy::new(config.sip.allowed_destinations.clone()),
+                registrar,
+                peers,
             }),
         },
         tu_rx,
@@ -750,6 +921,8 @@ struct Driver {
     connector: Option<TlsConnector>,
     limits: StreamLimits,
     limit_warned: Option<Instant>,
+    /// Sources of requests taken (crate::destination::Peers), shared with the handle.
+    peers: Arc<std::sync::Mutex<Peers>>,
 }
 
 impl Driver {
@@ -909,6 +1082,7 @@ impl Driver {
 
     /// An ACK, or a CANCEL the core answered: the TU hears of it but answers nothing.
     fn deliver_unanswered(&mut self, request: Request, source: Source) {
+        self.note_source(&source);
         let incoming = IncomingRequest {
             request,
             source,
@@ -925,7 +1099,15 @@ impl Driver {
         }
     }
 
+    fn note_source(&self, source: &Source) {
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note(source.remote.ip(), std::time::Instant::now());
+    }
+
     fn deliver(&mut self, id: ServerTxId, request: Request, source: Source) {
+        self.note_source(&source);
         let fallback = message::response_to(&request, 500, None, "");
         let overload = message::response_to(&request, 503, None, "");
         let incoming = IncomingRequest {
