@@ -508,6 +508,7 @@ struct RawSip {
     subscribe_rate_per_domain: Option<u32>,
     #[serde(default)]
     subscribe_burst_per_domain: Option<u32>,
+    #[serde(default)]
     allowed_destinations: Vec<String>,
 }
 
