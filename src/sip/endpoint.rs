@@ -789,6 +789,7 @@ pub async fn start(
         },
         limit_warned: None,
         peers: peers.clone(),
+        busy: false,
     };
     tokio::spawn(driver.run(rx, cmd_rx));
     Ok((
@@ -923,6 +924,9 @@ struct Driver {
     limit_warned: Option<Instant>,
     /// Sources of requests taken (crate::destination::Peers), shared with the handle.
     peers: Arc<std::sync::Mutex<Peers>>,
+    /// Whether any transaction or awaited reply was held at the last check: its changes
+    /// are logged, so a leak shows as a last "held again" with no "No SIP transactions".
+    busy: bool,
 }
 
 impl Driver {
@@ -980,6 +984,26 @@ impl Driver {
                 }
             }
             self.flush();
+            self.note_busy();
+        }
+    }
+
+    /// Logs each change between holding nothing and holding something: rare under load,
+    /// and what the fault tests count to see that every transaction ended.
+    fn note_busy(&mut self) {
+        let busy = self.core.held() + self.pending.len() > 0;
+        if busy != self.busy {
+            self.busy = busy;
+            let stats = self.core.stats();
+            if busy {
+                tracing::debug!(
+                    server = stats.server_transactions,
+                    client = stats.client_transactions,
+                    "SIP transactions held again."
+                );
+            } else {
+                tracing::debug!("No SIP transactions held.");
+            }
         }
     }
 
