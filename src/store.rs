@@ -34,6 +34,25 @@ pub enum StoreError {
 pub enum Op {
     Put(Row),
     Delete(String),
+    /// A journalled XMPP -> SIP message (`crate::journal`), written before it is sent.
+    JournalPut(JournalRow),
+    /// Its SIP outcome is known: the row goes.
+    JournalDelete(String),
+}
+
+/// One row of the `journal` table: a message stanza taken from the component stream whose
+/// SIP outcome is not yet known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalRow {
+    /// `<cseq> <call-id>`: what a receiver sees as the same request.
+    pub id: String,
+    pub call_id: String,
+    pub cseq: u32,
+    pub from_tag: String,
+    /// The `<message/>` as XML, to re-send or bounce it after a restart.
+    pub stanza: String,
+    /// When it was taken (unix ms).
+    pub created_ms: u64,
 }
 
 /// One stored row.
@@ -91,7 +110,15 @@ impl Store {
                  data TEXT NOT NULL,          -- the whole record, JSON
                  updated_at INTEGER NOT NULL  -- unix seconds
              );
-             CREATE INDEX IF NOT EXISTS subscriptions_by_user ON subscriptions (local_jid);",
+             CREATE INDEX IF NOT EXISTS subscriptions_by_user ON subscriptions (local_jid);
+             CREATE TABLE IF NOT EXISTS journal (
+                 id TEXT PRIMARY KEY,         -- '<cseq> <call-id>'
+                 call_id TEXT NOT NULL,
+                 cseq INTEGER NOT NULL,
+                 from_tag TEXT NOT NULL,
+                 stanza TEXT NOT NULL,        -- the XMPP <message/>
+                 created_ms INTEGER NOT NULL  -- unix ms
+             );",
         )?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Store {
@@ -147,6 +174,16 @@ impl Store {
                 Op::Delete(id) => {
                     tx.execute("DELETE FROM subscriptions WHERE id = ?1", params![id])?;
                 }
+                Op::JournalPut(j) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO journal (id, call_id, cseq, from_tag, stanza, created_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![j.id, j.call_id, j.cseq, j.from_tag, j.stanza, j.created_ms as i64],
+                    )?;
+                }
+                Op::JournalDelete(id) => {
+                    tx.execute("DELETE FROM journal WHERE id = ?1", params![id])?;
+                }
             }
         }
         tx.commit()?;
@@ -162,6 +199,26 @@ impl Store {
                 row_of,
             )
             .optional()?)
+    }
+
+    /// Every journalled message, oldest first.
+    pub fn journal(&self) -> Result<Vec<JournalRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, call_id, cseq, from_tag, stanza, created_ms FROM journal
+             ORDER BY created_ms, rowid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(JournalRow {
+                id: r.get(0)?,
+                call_id: r.get(1)?,
+                cseq: r.get(2)?,
+                from_tag: r.get(3)?,
+                stanza: r.get(4)?,
+                created_ms: r.get::<_, i64>(5)?.max(0) as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     pub fn all(&self) -> Result<Vec<Row>, StoreError> {
@@ -286,6 +343,32 @@ mod tests {
             Store::open(&path).unwrap().all().unwrap(),
             vec![row("a", "{}")]
         );
+    }
+
+    #[test]
+    fn journal_rows_survive_reopening_and_subscriptions_do_not_see_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stox.db");
+        let j = |id: &str, at: u64| JournalRow {
+            id: id.into(),
+            call_id: format!("c-{id}"),
+            cseq: 7,
+            from_tag: "t".into(),
+            stanza: "<message/>".into(),
+            created_ms: at,
+        };
+        let s = Store::open(&path).unwrap();
+        s.apply(&[
+            Op::JournalPut(j("b", 20)),
+            Op::JournalPut(j("a", 10)),
+            Op::JournalPut(j("c", 30)),
+            Op::JournalDelete("c".into()),
+        ])
+        .unwrap();
+        drop(s);
+        let again = Store::open(&path).unwrap();
+        assert_eq!(again.journal().unwrap(), vec![j("a", 10), j("b", 20)]);
+        assert!(again.all().unwrap().is_empty());
     }
 
     #[test]
