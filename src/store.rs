@@ -154,40 +154,43 @@ impl Store {
 
     /// Applies `ops` in order as one transaction: all of them or none.
     pub fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        for op in ops {
-            match op {
-                Op::Put(row) => {
-                    tx.execute(
-                        "INSERT INTO subscriptions (id, kind, local_jid, remote, data, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                         ON CONFLICT(id) DO UPDATE SET kind = ?2, local_jid = ?3, remote = ?4,
-                             data = ?5, updated_at = ?6",
-                        params![row.id, row.kind, row.local_jid, row.remote, row.data, now],
-                    )?;
-                }
-                Op::Delete(id) => {
-                    tx.execute("DELETE FROM subscriptions WHERE id = ?1", params![id])?;
-                }
-                Op::JournalPut(j) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO journal (id, call_id, cseq, from_tag, stanza, created_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        params![j.id, j.call_id, j.cseq, j.from_tag, j.stanza, j.created_ms as i64],
-                    )?;
-                }
-                Op::JournalDelete(id) => {
-                    tx.execute("DELETE FROM journal WHERE id = ?1", params![id])?;
-                }
-            }
-        }
+        apply_ops(&tx, ops)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Group commit: each batch in its own savepoint (all of it or none, as [`Store::apply`]),
+    /// all of them in one transaction, so one commit covers the writes of many callers. A
+    /// batch that fails is rolled back alone; a failed commit fails every batch.
+    pub fn apply_group(&self, batches: &[&[Op]]) -> Vec<Result<(), StoreError>> {
+        let mut conn = self.conn();
+        let mut tx = match conn.transaction() {
+            Ok(t) => t,
+            Err(e) => {
+                return batches
+                    .iter()
+                    .map(|_| Err(StoreError::Sql(clone_err(&e))))
+                    .collect()
+            }
+        };
+        let mut results = Vec::with_capacity(batches.len());
+        for ops in batches {
+            let r = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
+                apply_ops(&sp, ops)?;
+                sp.commit()?;
+                Ok(())
+            });
+            results.push(r);
+        }
+        if let Err(e) = tx.commit() {
+            return batches
+                .iter()
+                .map(|_| Err(StoreError::Sql(clone_err(&e))))
+                .collect();
+        }
+        results
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
@@ -230,6 +233,57 @@ impl Store {
     }
 }
 
+/// Every op of one batch, inside the caller's transaction or savepoint.
+fn apply_ops(tx: &rusqlite::Connection, ops: &[Op]) -> Result<(), StoreError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    for op in ops {
+        match op {
+            Op::Put(row) => {
+                tx.execute(
+                    "INSERT INTO subscriptions (id, kind, local_jid, remote, data, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT(id) DO UPDATE SET kind = ?2, local_jid = ?3, remote = ?4,
+                             data = ?5, updated_at = ?6",
+                    params![row.id, row.kind, row.local_jid, row.remote, row.data, now],
+                )?;
+            }
+            Op::Delete(id) => {
+                tx.execute("DELETE FROM subscriptions WHERE id = ?1", params![id])?;
+            }
+            Op::JournalPut(j) => {
+                tx.execute(
+                        "INSERT OR REPLACE INTO journal (id, call_id, cseq, from_tag, stanza, created_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![j.id, j.call_id, j.cseq, j.from_tag, j.stanza, j.created_ms as i64],
+                    )?;
+            }
+            Op::JournalDelete(id) => {
+                tx.execute("DELETE FROM journal WHERE id = ?1", params![id])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// rusqlite errors are not Clone; a failed commit is reported to every batch it covered.
+fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(code, msg) => {
+            rusqlite::Error::SqliteFailure(*code, msg.clone())
+        }
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
+    }
+}
+
+/// Batches of different callers committed together at most.
+const GROUP_COMMIT_MAX: usize = 1024;
+
 type Job = (
     Vec<Op>,
     tokio::sync::oneshot::Sender<Result<(), StoreError>>,
@@ -249,8 +303,20 @@ impl StoreThread {
         std::thread::Builder::new()
             .name("stox-store".into())
             .spawn(move || {
-                while let Ok((ops, done)) = rx.recv() {
-                    let _ = done.send(store.apply(&ops));
+                // Whatever queued up while the last commit ran goes in one transaction.
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    while jobs.len() < GROUP_COMMIT_MAX {
+                        match rx.try_recv() {
+                            Ok(j) => jobs.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    let batches: Vec<&[Op]> = jobs.iter().map(|(ops, _)| ops.as_slice()).collect();
+                    let results = store.apply_group(&batches);
+                    for ((_, done), r) in jobs.into_iter().zip(results) {
+                        let _ = done.send(r);
+                    }
                 }
             })?;
         Ok(StoreThread { tx })
@@ -369,6 +435,31 @@ mod tests {
         let again = Store::open(&path).unwrap();
         assert_eq!(again.journal().unwrap(), vec![j("a", 10), j("b", 20)]);
         assert!(again.all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_group_commits_together_and_a_failed_batch_leaves_only_itself_out() {
+        let s = Store::open_in_memory().unwrap();
+        s.conn().execute_batch("CREATE TRIGGER no_c BEFORE INSERT ON subscriptions WHEN NEW.id = 'c' BEGIN SELECT RAISE(ABORT, 'no c'); END;").unwrap();
+        let a = [Op::Put(row("a", "{}"))];
+        let bad = [Op::Put(row("b", "{}")), Op::Put(row("c", "{}"))];
+        let d = [Op::Put(row("d", "{}"))];
+        let results = s.apply_group(&[&a, &bad, &d]);
+        assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok());
+        let ids: Vec<String> = s.all().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec!["a", "d"], "b went with its batch");
+    }
+
+    #[tokio::test]
+    async fn callers_of_the_store_thread_each_get_their_own_answer() {
+        let t = StoreThread::spawn(Store::open_in_memory().unwrap()).unwrap();
+        let writes = (0..200).map(|i| {
+            let t = t.clone();
+            async move { t.apply(vec![Op::Put(row(&format!("r{i}"), "{}"))]).await }
+        });
+        for r in futures::future::join_all(writes).await {
+            r.unwrap();
+        }
     }
 
     #[test]
