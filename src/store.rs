@@ -34,6 +34,25 @@ pub enum StoreError {
 pub enum Op {
     Put(Row),
     Delete(String),
+    /// A journalled XMPP -> SIP message (`crate::journal`), written before it is sent.
+    JournalPut(JournalRow),
+    /// Its SIP outcome is known: the row goes.
+    JournalDelete(String),
+}
+
+/// One row of the `journal` table: a message stanza taken from the component stream whose
+/// SIP outcome is not yet known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalRow {
+    /// `<cseq> <call-id>`: what a receiver sees as the same request.
+    pub id: String,
+    pub call_id: String,
+    pub cseq: u32,
+    pub from_tag: String,
+    /// The `<message/>` as XML, to re-send or bounce it after a restart.
+    pub stanza: String,
+    /// When it was taken (unix ms).
+    pub created_ms: u64,
 }
 
 /// One stored row.
@@ -91,7 +110,15 @@ impl Store {
                  data TEXT NOT NULL,          -- the whole record, JSON
                  updated_at INTEGER NOT NULL  -- unix seconds
              );
-             CREATE INDEX IF NOT EXISTS subscriptions_by_user ON subscriptions (local_jid);",
+             CREATE INDEX IF NOT EXISTS subscriptions_by_user ON subscriptions (local_jid);
+             CREATE TABLE IF NOT EXISTS journal (
+                 id TEXT PRIMARY KEY,         -- '<cseq> <call-id>'
+                 call_id TEXT NOT NULL,
+                 cseq INTEGER NOT NULL,
+                 from_tag TEXT NOT NULL,
+                 stanza TEXT NOT NULL,        -- the XMPP <message/>
+                 created_ms INTEGER NOT NULL  -- unix ms
+             );",
         )?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Store {
@@ -127,30 +154,43 @@ impl Store {
 
     /// Applies `ops` in order as one transaction: all of them or none.
     pub fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        for op in ops {
-            match op {
-                Op::Put(row) => {
-                    tx.execute(
-                        "INSERT INTO subscriptions (id, kind, local_jid, remote, data, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                         ON CONFLICT(id) DO UPDATE SET kind = ?2, local_jid = ?3, remote = ?4,
-                             data = ?5, updated_at = ?6",
-                        params![row.id, row.kind, row.local_jid, row.remote, row.data, now],
-                    )?;
-                }
-                Op::Delete(id) => {
-                    tx.execute("DELETE FROM subscriptions WHERE id = ?1", params![id])?;
-                }
-            }
-        }
+        apply_ops(&tx, ops)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Group commit: each batch in its own savepoint (all of it or none, as [`Store::apply`]),
+    /// all of them in one transaction, so one commit covers the writes of many callers. A
+    /// batch that fails is rolled back alone; a failed commit fails every batch.
+    pub fn apply_group(&self, batches: &[&[Op]]) -> Vec<Result<(), StoreError>> {
+        let mut conn = self.conn();
+        let mut tx = match conn.transaction() {
+            Ok(t) => t,
+            Err(e) => {
+                return batches
+                    .iter()
+                    .map(|_| Err(StoreError::Sql(clone_err(&e))))
+                    .collect()
+            }
+        };
+        let mut results = Vec::with_capacity(batches.len());
+        for ops in batches {
+            let r = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
+                apply_ops(&sp, ops)?;
+                sp.commit()?;
+                Ok(())
+            });
+            results.push(r);
+        }
+        if let Err(e) = tx.commit() {
+            return batches
+                .iter()
+                .map(|_| Err(StoreError::Sql(clone_err(&e))))
+                .collect();
+        }
+        results
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
@@ -164,6 +204,26 @@ impl Store {
             .optional()?)
     }
 
+    /// Every journalled message, oldest first.
+    pub fn journal(&self) -> Result<Vec<JournalRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, call_id, cseq, from_tag, stanza, created_ms FROM journal
+             ORDER BY created_ms, rowid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(JournalRow {
+                id: r.get(0)?,
+                call_id: r.get(1)?,
+                cseq: r.get(2)?,
+                from_tag: r.get(3)?,
+                stanza: r.get(4)?,
+                created_ms: r.get::<_, i64>(5)?.max(0) as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     pub fn all(&self) -> Result<Vec<Row>, StoreError> {
         let conn = self.conn();
         let mut stmt =
@@ -172,6 +232,57 @@ impl Store {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 }
+
+/// Every op of one batch, inside the caller's transaction or savepoint.
+fn apply_ops(tx: &rusqlite::Connection, ops: &[Op]) -> Result<(), StoreError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    for op in ops {
+        match op {
+            Op::Put(row) => {
+                tx.execute(
+                    "INSERT INTO subscriptions (id, kind, local_jid, remote, data, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT(id) DO UPDATE SET kind = ?2, local_jid = ?3, remote = ?4,
+                             data = ?5, updated_at = ?6",
+                    params![row.id, row.kind, row.local_jid, row.remote, row.data, now],
+                )?;
+            }
+            Op::Delete(id) => {
+                tx.execute("DELETE FROM subscriptions WHERE id = ?1", params![id])?;
+            }
+            Op::JournalPut(j) => {
+                tx.execute(
+                        "INSERT OR REPLACE INTO journal (id, call_id, cseq, from_tag, stanza, created_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![j.id, j.call_id, j.cseq, j.from_tag, j.stanza, j.created_ms as i64],
+                    )?;
+            }
+            Op::JournalDelete(id) => {
+                tx.execute("DELETE FROM journal WHERE id = ?1", params![id])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// rusqlite errors are not Clone; a failed commit is reported to every batch it covered.
+fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(code, msg) => {
+            rusqlite::Error::SqliteFailure(*code, msg.clone())
+        }
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
+    }
+}
+
+/// Batches of different callers committed together at most.
+const GROUP_COMMIT_MAX: usize = 1024;
 
 type Job = (
     Vec<Op>,
@@ -192,8 +303,20 @@ impl StoreThread {
         std::thread::Builder::new()
             .name("stox-store".into())
             .spawn(move || {
-                while let Ok((ops, done)) = rx.recv() {
-                    let _ = done.send(store.apply(&ops));
+                // Whatever queued up while the last commit ran goes in one transaction.
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    while jobs.len() < GROUP_COMMIT_MAX {
+                        match rx.try_recv() {
+                            Ok(j) => jobs.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    let batches: Vec<&[Op]> = jobs.iter().map(|(ops, _)| ops.as_slice()).collect();
+                    let results = store.apply_group(&batches);
+                    for ((_, done), r) in jobs.into_iter().zip(results) {
+                        let _ = done.send(r);
+                    }
                 }
             })?;
         Ok(StoreThread { tx })
@@ -286,6 +409,57 @@ mod tests {
             Store::open(&path).unwrap().all().unwrap(),
             vec![row("a", "{}")]
         );
+    }
+
+    #[test]
+    fn journal_rows_survive_reopening_and_subscriptions_do_not_see_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stox.db");
+        let j = |id: &str, at: u64| JournalRow {
+            id: id.into(),
+            call_id: format!("c-{id}"),
+            cseq: 7,
+            from_tag: "t".into(),
+            stanza: "<message/>".into(),
+            created_ms: at,
+        };
+        let s = Store::open(&path).unwrap();
+        s.apply(&[
+            Op::JournalPut(j("b", 20)),
+            Op::JournalPut(j("a", 10)),
+            Op::JournalPut(j("c", 30)),
+            Op::JournalDelete("c".into()),
+        ])
+        .unwrap();
+        drop(s);
+        let again = Store::open(&path).unwrap();
+        assert_eq!(again.journal().unwrap(), vec![j("a", 10), j("b", 20)]);
+        assert!(again.all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_group_commits_together_and_a_failed_batch_leaves_only_itself_out() {
+        let s = Store::open_in_memory().unwrap();
+        s.conn().execute_batch("CREATE TRIGGER no_c BEFORE INSERT ON subscriptions WHEN NEW.id = 'c' BEGIN SELECT RAISE(ABORT, 'no c'); END;").unwrap();
+        let a = [Op::Put(row("a", "{}"))];
+        let bad = [Op::Put(row("b", "{}")), Op::Put(row("c", "{}"))];
+        let d = [Op::Put(row("d", "{}"))];
+        let results = s.apply_group(&[&a, &bad, &d]);
+        assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok());
+        let ids: Vec<String> = s.all().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec!["a", "d"], "b went with its batch");
+    }
+
+    #[tokio::test]
+    async fn callers_of_the_store_thread_each_get_their_own_answer() {
+        let t = StoreThread::spawn(Store::open_in_memory().unwrap()).unwrap();
+        let writes = (0..200).map(|i| {
+            let t = t.clone();
+            async move { t.apply(vec![Op::Put(row(&format!("r{i}"), "{}"))]).await }
+        });
+        for r in futures::future::join_all(writes).await {
+            r.unwrap();
+        }
     }
 
     #[test]
