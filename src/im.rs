@@ -3,7 +3,9 @@
 //! The rule both directions keep: a message that was accepted is delivered or bounced.
 //! - SIP -> XMPP: the MESSAGE gets 200 only after the XMPP server has taken its stanza
 //!   (`XmppLink::deliver`: a receipt ping after it was answered); while the link is down
-//!   or backed up it gets 503 with Retry-After, so the sender retries.
+//!   or backed up it gets 503 with Retry-After, so the sender retries. An error the server
+//!   returns for the stanza before that (no such user) is the answer, mapped by RFC 7247
+//!   section 8.1 (service-unavailable -> 503 without Retry-After, item-not-found -> 404).
 //! - XMPP -> SIP: a MESSAGE that fails (a 3xx-6xx, a timeout, no route) comes back to the
 //!   XMPP sender as an error stanza mapped by RFC 7247 section 8.
 
@@ -18,14 +20,14 @@ use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::{DefinedCondition, StanzaError};
 
 use crate::address::{AddressMap, SipAddress};
-use crate::mapping::error::{stanza_error, stanza_error_for_sip};
+use crate::mapping::error::{sip_answer_for_xmpp, stanza_error, stanza_error_for_sip};
 use crate::mapping::message::{self as mm, MapError};
 use crate::msrp::iscomposing::{self, IsComposing};
 use crate::sip::core::random_token;
 use crate::sip::dialog::uri_of;
 use crate::sip::endpoint::{IncomingRequest, SipError, SipHandle};
 use crate::sip::message::{raw_uri, response_to};
-use crate::xmpp::link::XmppLink;
+use crate::xmpp::link::{Undelivered, XmppLink};
 use xmpp_parsers::chatstates::ChatState;
 
 /// What both directions share.
@@ -240,7 +242,13 @@ impl Im {
                     tracing::debug!(stanza_id = %id, "Handed to the XMPP server.");
                     responder.respond(answer(200, None));
                 }
-                Err(e) => {
+                Err(Undelivered::Refused(error)) => {
+                    // RFC 7247 section 8.1: the server's bounce decides the answer.
+                    let (code, reason) = sip_answer_for_xmpp(&error);
+                    tracing::info!(stanza_id = %id, status = code, %reason, "The XMPP server refused the message.");
+                    responder.respond(answer(code, Some(&reason)));
+                }
+                Err(e @ Undelivered::LinkDown) => {
                     tracing::info!(error = %e, "XMPP link down; answering 503.");
                     let mut r = answer(503, None);
                     r.headers

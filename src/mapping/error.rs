@@ -94,6 +94,45 @@ pub fn xmpp_to_sip(condition: &DefinedCondition) -> u16 {
     }
 }
 
+/// The element name of a condition (RFC 6120 section 8.3.3), for logs and reason phrases.
+pub fn condition_name(condition: &DefinedCondition) -> &'static str {
+    use DefinedCondition::*;
+    match condition {
+        BadRequest => "bad-request",
+        Conflict => "conflict",
+        FeatureNotImplemented => "feature-not-implemented",
+        Forbidden => "forbidden",
+        Gone { .. } => "gone",
+        InternalServerError => "internal-server-error",
+        ItemNotFound => "item-not-found",
+        JidMalformed => "jid-malformed",
+        NotAcceptable => "not-acceptable",
+        NotAllowed => "not-allowed",
+        NotAuthorized => "not-authorized",
+        PolicyViolation => "policy-violation",
+        RecipientUnavailable => "recipient-unavailable",
+        Redirect { .. } => "redirect",
+        RegistrationRequired => "registration-required",
+        RemoteServerNotFound => "remote-server-not-found",
+        RemoteServerTimeout => "remote-server-timeout",
+        ResourceConstraint => "resource-constraint",
+        ServiceUnavailable => "service-unavailable",
+        SubscriptionRequired => "subscription-required",
+        UndefinedCondition => "undefined-condition",
+        UnexpectedRequest => "unexpected-request",
+    }
+}
+
+/// The SIP answer to a stanza the XMPP server refused (RFC 7247 section 8.1): the code of
+/// Table 3 and a reason phrase naming the condition.
+pub fn sip_answer_for_xmpp(error: &StanzaError) -> (u16, String) {
+    let c = &error.defined_condition;
+    (
+        xmpp_to_sip(c),
+        format!("Refused by the XMPP server: {}", condition_name(c)),
+    )
+}
+
 /// The error type RFC 6120 section 8.3.3 gives each condition.
 pub fn error_type(condition: &DefinedCondition) -> ErrorType {
     use DefinedCondition::*;

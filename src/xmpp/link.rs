@@ -20,7 +20,7 @@
 //! ping follows each batch of writes, up to four in flight; beyond that the deliveries
 //! written meanwhile share the next one.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ping::Ping;
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmpp_parsers::stanza::Stanza;
-use xmpp_parsers::stanza_error::DefinedCondition;
+use xmpp_parsers::stanza_error::{DefinedCondition, StanzaError};
 
 use crate::config::Secret;
 use crate::mapping::error::stanza_error;
@@ -49,6 +49,24 @@ use crate::mapping::error::stanza_error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the XMPP component link is down")]
 pub struct LinkDown;
+
+/// Why [`XmppLink::deliver`] did not deliver a stanza.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Undelivered {
+    /// Not handed to the server: the link is down, lost, or its queue is full.
+    #[error("the XMPP component link is down")]
+    LinkDown,
+    /// The server answered the stanza with an error (its id, from its addressee or the
+    /// addressee's server) before the receipt ping covering it: refused, not routed.
+    #[error("the XMPP server refused the stanza: {}", crate::mapping::error::condition_name(&.0.defined_condition))]
+    Refused(Box<StanzaError>),
+}
+
+impl From<LinkDown> for Undelivered {
+    fn from(_: LinkDown) -> Self {
+        Undelivered::LinkDown
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
@@ -66,7 +84,7 @@ pub struct LinkConfig {
 
 struct Out {
     stanza: Stanza,
-    ack: Option<oneshot::Sender<Result<(), LinkDown>>>,
+    ack: Option<Ack>,
 }
 
 /// A handle on the link. Cheap to clone.
@@ -81,10 +99,13 @@ impl XmppLink {
     /// Hands a stanza to the server: resolves once the server has taken it (a receipt
     /// ping after it was answered). Fails at once while the link is down, and while
     /// `xmpp.queue_limit` stanzas are already waiting (the server is not keeping up), so a
-    /// SIP peer gets 503 instead of no answer.
-    pub async fn deliver(&self, stanza: impl Into<Stanza>) -> Result<(), LinkDown> {
+    /// SIP peer gets 503 instead of no answer. An error the server returns for the stanza
+    /// before that answer (no such user, refused) is [`Undelivered::Refused`]. The link
+    /// gives the stanza an id of its own when it has none, or one that another delivery
+    /// waiting for its receipt already has, so an error names exactly one delivery.
+    pub async fn deliver(&self, stanza: impl Into<Stanza>) -> Result<(), Undelivered> {
         if !self.is_up() {
-            return Err(LinkDown);
+            return Err(Undelivered::LinkDown);
         }
         let (ack, rx) = oneshot::channel();
         match self.tx.try_send(Out {
@@ -94,11 +115,11 @@ impl XmppLink {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::debug!("XMPP send queue is full; delivery refused.");
-                return Err(LinkDown);
+                return Err(Undelivered::LinkDown);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(LinkDown),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Undelivered::LinkDown),
         }
-        rx.await.unwrap_or(Err(LinkDown))
+        rx.await.unwrap_or(Err(Undelivered::LinkDown))
     }
 
     /// Sends a stanza without waiting; while the link is down it is kept (up to
@@ -268,7 +289,7 @@ async fn drain_while_down(
     while let Some(out) = rx.recv().await {
         match out.ack {
             Some(ack) => {
-                let _ = ack.send(Err(LinkDown));
+                let _ = ack.send(Err(Undelivered::LinkDown));
             }
             None => {
                 if backlog.len() >= limit {
@@ -303,26 +324,32 @@ async fn run(
     if let Err(e) = SinkExt::<&XmppStreamElement>::flush(&mut stream).await {
         return Ended::Lost(e.to_string());
     }
-    let mut acks: Vec<Ack> = Vec::new();
     let mut receipts = Receipts::new(&config.jid, &config.ping_to);
-    let ended = run_loop(config, &mut stream, rx, inbound, &mut acks, &mut receipts).await;
-    for ack in acks.drain(..) {
-        let _ = ack.send(Err(LinkDown));
-    }
+    let ended = run_loop(config, &mut stream, rx, inbound, &mut receipts).await;
     receipts.fail_all();
     ended
 }
 
-type Ack = oneshot::Sender<Result<(), LinkDown>>;
+type Ack = oneshot::Sender<Result<(), Undelivered>>;
 
-/// Deliveries written to the server and waiting for a receipt ping's answer.
+/// Deliveries written to the server and waiting for a receipt ping's answer, by stanza id:
+/// the ping's answer delivers them, an error stanza for one of them before it refuses that
+/// one. Each written stanza and each stanza read costs one map operation.
 struct Receipts {
     /// The component and the server, parsed once: a ping goes out per batch of writes.
     pinger: Option<(Jid, Jid)>,
-    /// Written since the last ping was sent: they wait for the next one.
-    unconfirmed: Vec<Ack>,
-    /// Pings in flight, oldest first: id, when sent, and the deliveries each confirms.
-    in_flight: VecDeque<(String, tokio::time::Instant, Vec<Ack>)>,
+    /// Every delivery written and not yet confirmed or refused, by its stanza id.
+    waiting: HashMap<String, Waiting>,
+    /// Ids written since the last ping was sent: they wait for the next one.
+    unconfirmed: Vec<String>,
+    /// Pings in flight, oldest first: id, when sent, and the delivery ids each confirms.
+    in_flight: VecDeque<(String, tokio::time::Instant, Vec<String>)>,
+}
+
+struct Waiting {
+    ack: Ack,
+    /// The stanza's addressee: an error for it counts only from there or its server.
+    to: Option<Jid>,
 }
 
 /// Receipt pings in flight at once. More than one, so a delivery waits for its own ping's
@@ -333,9 +360,86 @@ impl Receipts {
     fn new(component: &str, server: &str) -> Receipts {
         Receipts {
             pinger: Jid::new(component).ok().zip(Jid::new(server).ok()),
+            waiting: HashMap::new(),
             unconfirmed: Vec::new(),
             in_flight: VecDeque::new(),
         }
+    }
+
+    /// Registers a delivery about to be written. Gives the stanza a fresh id when it has
+    /// none or one already waiting (an error must name one delivery only).
+    fn track(&mut self, stanza: &mut Stanza, ack: Ack) {
+        let fresh = || format!("stox-{}", crate::sip::core::random_token(12));
+        let (id, to) = match stanza {
+            Stanza::Message(m) => {
+                let id = match &m.id {
+                    Some(i) if !self.waiting.contains_key(&i.0) => i.0.clone(),
+                    _ => {
+                        let id = fresh();
+                        m.id = Some(xmpp_parsers::message::Id(id.clone()));
+                        id
+                    }
+                };
+                (id, m.to.clone())
+            }
+            Stanza::Presence(p) => {
+                let id = match &p.id {
+                    Some(i) if !self.waiting.contains_key(i) => i.clone(),
+                    _ => {
+                        let id = fresh();
+                        p.id = Some(id.clone());
+                        id
+                    }
+                };
+                (id, p.to.clone())
+            }
+            // An iq's answer is its own business; never matched by an error here.
+            Stanza::Iq(_) => (format!("iq {}", fresh()), None),
+        };
+        self.waiting.insert(id.clone(), Waiting { ack, to });
+        self.unconfirmed.push(id);
+    }
+
+    /// Whether `stanza` is an error for a delivery still waiting; if so that delivery is
+    /// refused with it. An error from anyone but the addressee or its server is not.
+    fn refused(&mut self, stanza: &Stanza) -> bool {
+        let (id, from, error) = match stanza {
+            Stanza::Message(m) if m.type_ == MessageType::Error => (
+                m.id.as_ref().map(|i| i.0.as_str()),
+                m.from.as_ref(),
+                m.payloads.iter().find(|p| p.name() == "error"),
+            ),
+            Stanza::Presence(p) if p.type_ == PresenceType::Error => (
+                p.id.as_deref(),
+                p.from.as_ref(),
+                p.payloads.iter().find(|p| p.name() == "error"),
+            ),
+            _ => return false,
+        };
+        let Some(id) = id else { return false };
+        let Some(w) = self.waiting.get(id) else {
+            return false;
+        };
+        if let (Some(to), Some(from)) = (&w.to, from) {
+            let from_addressee = from.to_bare() == to.to_bare();
+            let from_its_server =
+                from.node().is_none() && from.resource().is_none() && from.domain() == to.domain();
+            if !from_addressee && !from_its_server {
+                return false;
+            }
+        }
+        let error = error
+            .and_then(|e| StanzaError::try_from(e.clone()).ok())
+            .unwrap_or_else(|| {
+                stanza_error(
+                    DefinedCondition::UndefinedCondition,
+                    "an error without a valid condition",
+                )
+            });
+        if let Some(w) = self.waiting.remove(id) {
+            let _ = w.ack.send(Err(Undelivered::Refused(Box::new(error))));
+        }
+        true
     }
 
     /// A receipt ping to send now, if deliveries wait and fewer than [`RECEIPT_PINGS`] are
@@ -346,8 +450,10 @@ impl Receipts {
             return None;
         }
         let Some((from, to)) = &self.pinger else {
-            for ack in self.unconfirmed.drain(..) {
-                let _ = ack.send(Err(LinkDown));
+            for id in self.unconfirmed.drain(..) {
+                if let Some(w) = self.waiting.remove(&id) {
+                    let _ = w.ack.send(Err(Undelivered::LinkDown));
+                }
             }
             return None;
         };
@@ -362,7 +468,8 @@ impl Receipts {
     }
 
     /// Whether `iq` answers a ping in flight; if so its deliveries, and those of every
-    /// ping sent before it (the server handled them first), succeed.
+    /// ping sent before it (the server handled them first), succeed, but for those an
+    /// error refused meanwhile.
     fn answered(&mut self, iq: &Iq) -> bool {
         if !matches!(iq, Iq::Result { .. } | Iq::Error { .. }) {
             return false;
@@ -370,9 +477,11 @@ impl Receipts {
         let Some(at) = self.in_flight.iter().position(|(id, _, _)| iq.id() == id) else {
             return false;
         };
-        for (_, _, acks) in self.in_flight.drain(..=at) {
-            for ack in acks {
-                let _ = ack.send(Ok(()));
+        for (_, _, ids) in self.in_flight.drain(..=at) {
+            for id in ids {
+                if let Some(w) = self.waiting.remove(&id) {
+                    let _ = w.ack.send(Ok(()));
+                }
             }
         }
         true
@@ -383,9 +492,10 @@ impl Receipts {
     }
 
     fn fail_all(&mut self) {
-        let in_flight = self.in_flight.drain(..).flat_map(|(_, _, a)| a);
-        for ack in in_flight.chain(self.unconfirmed.drain(..)) {
-            let _ = ack.send(Err(LinkDown));
+        self.in_flight.clear();
+        self.unconfirmed.clear();
+        for (_, w) in self.waiting.drain() {
+            let _ = w.ack.send(Err(Undelivered::LinkDown));
         }
     }
 }
@@ -398,7 +508,6 @@ async fn run_loop(
     stream: &mut Stream,
     rx: &mut mpsc::Receiver<Out>,
     inbound: &mpsc::Sender<Stanza>,
-    acks: &mut Vec<Ack>,
     receipts: &mut Receipts,
 ) -> Ended {
     loop {
@@ -424,6 +533,10 @@ async fn run_loop(
                         }
                     }
                     Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(s)))) => {
+                        if receipts.refused(&s) {
+                            tracing::debug!("The XMPP server refused a delivery.");
+                            continue;
+                        }
                         if inbound.send(s).await.is_err() {
                             return Ended::Shutdown;
                         }
@@ -461,9 +574,9 @@ async fn run_loop(
                 // Batch what is queued into one flush.
                 let mut next = Some(out);
                 let mut n = 0;
-                while let Some(out) = next.take() {
+                while let Some(mut out) = next.take() {
                     if let Some(ack) = out.ack {
-                        acks.push(ack);
+                        receipts.track(&mut out.stanza, ack);
                     }
                     if let Err(e) = stream.feed(&XmppStreamElement::Stanza(out.stanza)).await {
                         return Ended::Lost(e.to_string());
@@ -473,7 +586,6 @@ async fn run_loop(
                         next = rx.try_recv().ok();
                     }
                 }
-                receipts.unconfirmed.append(acks);
                 if let Some(ping) = receipts.next_ping() {
                     if let Err(e) = stream.feed(&XmppStreamElement::Stanza(ping)).await {
                         return Ended::Lost(e.to_string());
@@ -564,8 +676,9 @@ fn invalid_stanza_reply(e: &StreamElementError, component: &str) -> Option<Stanz
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::str::FromStr;
 
-    fn ack() -> (Ack, oneshot::Receiver<Result<(), LinkDown>>) {
+    fn ack() -> (Ack, oneshot::Receiver<Result<(), Undelivered>>) {
         oneshot::channel()
     }
 
@@ -576,14 +689,36 @@ mod tests {
         Iq::empty_result(Jid::new("sip.example.com").unwrap(), iq.id().to_string())
     }
 
+    fn message(to: &str, id: Option<&str>) -> Stanza {
+        let mut m = Message::new(Some(Jid::new(to).unwrap()));
+        m.from = Some(Jid::new("romeo\\40example.net@sip.example.com").unwrap());
+        m.id = id.map(|i| xmpp_parsers::message::Id(i.into()));
+        Stanza::Message(m)
+    }
+
+    fn id_of(s: &Stanza) -> String {
+        match s {
+            Stanza::Message(m) => m.id.as_ref().unwrap().0.clone(),
+            _ => panic!("not a message"),
+        }
+    }
+
+    fn bounce(xml: &str) -> Stanza {
+        Stanza::Message(Message::try_from(Element::from_str(xml).unwrap()).unwrap())
+    }
+
+    fn track(r: &mut Receipts, s: &mut Stanza) -> oneshot::Receiver<Result<(), Undelivered>> {
+        let (a, rx) = ack();
+        r.track(s, a);
+        rx
+    }
+
     #[test]
     fn an_answer_confirms_its_ping_and_every_earlier_one() {
         let mut r = Receipts::new("sip.example.com", "example.com");
-        let (a1, mut r1) = ack();
-        r.unconfirmed.push(a1);
+        let mut r1 = track(&mut r, &mut message("juliet@example.com", Some("m1")));
         let p1 = r.next_ping().unwrap();
-        let (a2, mut r2) = ack();
-        r.unconfirmed.push(a2);
+        let mut r2 = track(&mut r, &mut message("juliet@example.com", Some("m2")));
         let p2 = r.next_ping().unwrap();
         assert!(r.next_ping().is_none(), "nothing waits");
         assert!(
@@ -597,6 +732,7 @@ mod tests {
         assert_eq!(r2.try_recv().unwrap(), Ok(()));
         assert!(!r.answered(&pong(&p1)), "already confirmed");
         assert!(r.deadline(RECEIPT_WAIT).is_none());
+        assert!(r.waiting.is_empty(), "nothing left behind");
     }
 
     #[test]
@@ -604,10 +740,9 @@ mod tests {
         let mut r = Receipts::new("sip.example.com", "example.com");
         let mut pings = Vec::new();
         let mut rxs = Vec::new();
-        for _ in 0..RECEIPT_PINGS + 2 {
-            let (a, rx) = ack();
-            rxs.push(rx);
-            r.unconfirmed.push(a);
+        for i in 0..RECEIPT_PINGS + 2 {
+            let id = format!("m{i}");
+            rxs.push(track(&mut r, &mut message("juliet@example.com", Some(&id))));
             if let Some(p) = r.next_ping() {
                 pings.push(p);
             }
@@ -623,7 +758,74 @@ mod tests {
         r.fail_all();
         assert_eq!(rxs[0].try_recv().unwrap(), Ok(()));
         for rx in &mut rxs[1..] {
-            assert_eq!(rx.try_recv().unwrap(), Err(LinkDown));
+            assert_eq!(rx.try_recv().unwrap(), Err(Undelivered::LinkDown));
         }
+        assert!(r.waiting.is_empty());
+    }
+
+    #[test]
+    fn an_error_before_the_ping_answer_refuses_that_delivery_only() {
+        let mut r = Receipts::new("sip.example.com", "example.com");
+        let mut r1 = track(&mut r, &mut message("nobody@example.com", Some("m1")));
+        let mut r2 = track(&mut r, &mut message("juliet@example.com", Some("m2")));
+        let ping = r.next_ping().unwrap();
+        // Prosody's bounce: from the addressee, the original id, the condition.
+        let e = bounce(
+            "<message xmlns='jabber:component:accept' type='error' id='m1' \
+             from='nobody@example.com' to='romeo\\40example.net@sip.example.com'>\
+             <error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
+        );
+        assert!(r.refused(&e));
+        match r1.try_recv().unwrap() {
+            Err(Undelivered::Refused(err)) => {
+                assert_eq!(err.defined_condition, DefinedCondition::ServiceUnavailable)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !r.refused(&e),
+            "an error decides once; a repeat goes on inbound"
+        );
+        assert!(r.answered(&pong(&ping)));
+        assert_eq!(r2.try_recv().unwrap(), Ok(()));
+        assert!(r.waiting.is_empty());
+    }
+
+    #[test]
+    fn an_error_from_a_third_party_or_after_the_answer_refuses_nothing() {
+        let mut r = Receipts::new("sip.example.com", "example.com");
+        let mut r1 = track(&mut r, &mut message("juliet@example.com", Some("m1")));
+        let ping = r.next_ping().unwrap();
+        let forged = bounce(
+            "<message xmlns='jabber:component:accept' type='error' id='m1' from='mallory@example.com'>\
+             <error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
+        );
+        assert!(!r.refused(&forged));
+        // The addressee's server may bounce it too (from its domain).
+        let late = bounce(
+            "<message xmlns='jabber:component:accept' type='error' id='m1' from='example.com'>\
+             <error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
+        );
+        assert!(r.answered(&pong(&ping)));
+        assert_eq!(r1.try_recv().unwrap(), Ok(()));
+        assert!(!r.refused(&late), "delivered already");
+        // A normal message with a waiting id is no error.
+        let mut _r2 = track(&mut r, &mut message("juliet@example.com", Some("m2")));
+        assert!(!r.refused(&message("juliet@example.com", Some("m2"))));
+    }
+
+    #[test]
+    fn a_missing_or_waiting_id_is_replaced_by_a_fresh_one() {
+        let mut r = Receipts::new("sip.example.com", "example.com");
+        let mut a = message("juliet@example.com", Some("same"));
+        let mut b = message("juliet@example.com", Some("same"));
+        let mut c = message("juliet@example.com", None);
+        let _ra = track(&mut r, &mut a);
+        let _rb = track(&mut r, &mut b);
+        let _rc = track(&mut r, &mut c);
+        assert_eq!(id_of(&a), "same");
+        assert_ne!(id_of(&b), "same");
+        assert!(id_of(&c).starts_with("stox-"));
+        assert_eq!(r.waiting.len(), 3);
     }
 }
