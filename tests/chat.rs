@@ -930,3 +930,38 @@ fn with_answer_when_available_juliet_gets_sessions_only_after_giving_presence_to
         invite_status(stox.sip_port, &offer) == 480
     });
 }
+
+#[test]
+fn a_send_to_a_user_the_xmpp_server_does_not_know_gets_the_mapped_refusal_not_200() {
+    let dir = temp_dir();
+    let rt = rt();
+    let prosody = Prosody::start(dir.path(), &[("juliet", "pw")]);
+    let stox = Stox::start(
+        dir.path(),
+        prosody.component_port,
+        &stox_extra(free_port(), free_port()),
+    );
+    stox.wait_online(1);
+    let peer = Peer::new(&rt, "romeo4peer");
+    let pending = peer.expect();
+    // chat.answer = "always": the INVITE is answered on nobody's behalf, the SEND is not.
+    let uac = Sipp::spawn_uac(
+        dir.path(),
+        "uac",
+        &invite_uac(&sdp(&peer.uri, "passive", "text/plain")).replace("juliet@", "nobody@"),
+        &format!("127.0.0.1:{}", stox.sip_port),
+        &[],
+    );
+    let mut h = accept(&rt, pending);
+    send(&rt, &h, Outgoing::new("text/plain", "is anybody there"));
+    match next_outcome(&rt, &mut h) {
+        // Prosody bounces it with service-unavailable (RFC 7247: 503), which MSRP lacks.
+        Event::Failed {
+            failure: stox::msrp::session::Failure::Response { code, .. },
+            ..
+        } => assert_eq!(code, 403),
+        other => panic!("{other:?}"),
+    }
+    stox.wait_log("The XMPP server refused the MSRP message.", 1, SECS10);
+    drop(uac);
+}

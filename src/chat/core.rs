@@ -70,6 +70,26 @@ pub const DELIVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// lost. The final chunk's response is held until the write, so a failure REPORT after a
 /// 200 is never needed.
 pub const UNDELIVERED: (u16, &str) = (403, "XMPP server unreachable");
+/// The MSRP answer to a message whose stanza the XMPP server refused with `error` (no such
+/// user, not allowed). RFC 7573 defines no mapping; RFC 4975 section 10 registers few
+/// codes, so the RFC 7247 section 8.1 SIP code is kept where MSRP has it with the same
+/// meaning (400, 403, 415) and anything else is 403, the registered refusal; the comment
+/// names the XMPP condition. 481 is not used: the MSRP session itself still exists.
+pub fn msrp_answer_for_xmpp(error: &StanzaError) -> (u16, String) {
+    let c = &error.defined_condition;
+    let code = match crate::mapping::error::xmpp_to_sip(c) {
+        code @ (400 | 403 | 415) => code,
+        _ => 403,
+    };
+    (
+        code,
+        format!(
+            "Refused by the XMPP server: {}",
+            crate::mapping::error::condition_name(c)
+        ),
+    )
+}
+
 /// isComposing `refresh` for an `active` state (RFC 3994 section 4 recommends 60-120 s).
 const COMPOSING_REFRESH: u32 = 60;
 

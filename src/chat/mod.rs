@@ -27,7 +27,7 @@ use crate::msrp::conn::{self, Answerer, MsrpListener, SessionHandle};
 use crate::msrp::frame::MessageId;
 use crate::msrp::session::{Event as MsrpEvent, Outgoing};
 use crate::sip::endpoint::{ClientEvent, IncomingRequest, SipError, SipHandle};
-use crate::xmpp::link::XmppLink;
+use crate::xmpp::link::{Undelivered, XmppLink};
 
 #[allow(clippy::large_enum_variant)] // one per stanza or request, short-lived
 pub enum Input {
@@ -557,7 +557,8 @@ async fn msrp_worker<F>(
 
 /// Writes a session's incoming messages to XMPP one after the other (so they keep their
 /// order) and answers each held MSRP message after its write: 200 when the server has
-/// it, [`UNDELIVERED`] when the link is down or the write failed.
+/// it, [`UNDELIVERED`] when the link is down or the write failed, the mapped refusal when
+/// the server returned an error for the stanza.
 async fn deliverer(
     xmpp: XmppLink,
     answerer: Answerer,
@@ -566,16 +567,22 @@ async fn deliverer(
     while let Some(d) = rx.recv().await {
         let (message_id, stanza) = *d;
         let delivered = match stanza {
-            None => true,
-            Some(m) => xmpp.deliver(m).await.is_ok(),
+            None => Ok(()),
+            Some(m) => xmpp.deliver(m).await,
         };
-        if delivered {
-            answerer.answer(message_id, 200, "OK").await;
-        } else {
-            tracing::info!(%message_id, "XMPP link down; the MSRP message is refused.");
-            answerer
-                .answer(message_id, UNDELIVERED.0, UNDELIVERED.1)
-                .await;
+        match delivered {
+            Ok(()) => answerer.answer(message_id, 200, "OK").await,
+            Err(Undelivered::Refused(error)) => {
+                let (code, comment) = self::core::msrp_answer_for_xmpp(&error);
+                tracing::info!(%message_id, code, %comment, "The XMPP server refused the MSRP message.");
+                answerer.answer(message_id, code, &comment).await;
+            }
+            Err(Undelivered::LinkDown) => {
+                tracing::info!(%message_id, "XMPP link down; the MSRP message is refused.");
+                answerer
+                    .answer(message_id, UNDELIVERED.0, UNDELIVERED.1)
+                    .await;
+            }
         }
     }
 }
