@@ -379,9 +379,9 @@ fn a_tcp_peer_closing_in_the_middle_of_stox_s_message_gets_it_again_or_its_sende
         Ok(PeerEvent::Answered(r)) => panic!("answered on the first connection: {r}"),
         Err(e) => panic!("stox never connected: {e}"),
     }
-    // Either outcome, exactly one: delivered on a new connection, or bounced. Today stox
-    // notices no transport error for a request already written (the peer's reset only
-    // ends the connection) and bounces with remote-server-timeout after timer F.
+    // Either outcome, exactly one: delivered on a new connection, or bounced. The end of
+    // the connection fails the transaction (RFC 3261 17.1.4): a transport error, bounced
+    // as service-unavailable once no other target is left.
     let mut bounce = None;
     let mut delivered = Vec::new();
     eventually(SECS60, "a bounce or a delivery", || {

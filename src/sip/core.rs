@@ -741,6 +741,11 @@ impl SipCore {
     }
 
     /// The driver could not deliver bytes for this client transaction (connect or write failed).
+    /// Whether the client transaction `client` is still held.
+    pub fn has_client(&self, client: u64) -> bool {
+        self.clients.contains_key(&client)
+    }
+
     pub fn handle_transport_error(&mut self, client: u64) {
         if let Some(tx) = self.clients.get_mut(&client) {
             if !tx.machine.is_terminated() && tx.machine.state() != ClientState::Completed {

@@ -790,6 +790,7 @@ pub async fn start(
         limit_warned: None,
         peers: peers.clone(),
         busy: false,
+        sent_on: HashMap::new(),
     };
     tokio::spawn(driver.run(rx, cmd_rx));
     Ok((
@@ -927,6 +928,10 @@ struct Driver {
     /// Whether any transaction or awaited reply was held at the last check: its changes
     /// are logged, so a leak shows as a last "held again" with no "No SIP transactions".
     busy: bool,
+    /// Client transactions whose request went out on each stream connection: a
+    /// connection that ends before their answer fails them (RFC 3261 17.1.4) instead of
+    /// leaving them to timer F.
+    sent_on: HashMap<ConnId, Vec<u64>>,
 }
 
 impl Driver {
@@ -942,7 +947,9 @@ impl Driver {
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
         loop {
+            // After poll_timeout, which drops the wakeups of ended transactions.
             let deadline = self.core.poll_timeout().map(Instant::from_std);
+            self.note_busy();
             if deadline != armed {
                 sleep.as_mut().reset(deadline.unwrap_or_else(far));
                 armed = deadline;
@@ -984,7 +991,6 @@ impl Driver {
                 }
             }
             self.flush();
-            self.note_busy();
         }
     }
 
@@ -1026,6 +1032,10 @@ impl Driver {
                     if self.conn_by_key.get(&c.key) == Some(&id) {
                         self.conn_by_key.remove(&c.key);
                     }
+                }
+                // Those already answered (or ended) are left as they are by the core.
+                for client in self.sent_on.remove(&id).unwrap_or_default() {
+                    self.core.handle_transport_error(client);
                 }
             }
             Input::TransportError { client } => self.core.handle_transport_error(client),
@@ -1218,7 +1228,7 @@ impl Driver {
         let conn = conn
             .or_else(|| self.conn_by_key.get(&key).copied())
             .or_else(|| self.connect(key));
-        let Some(c) = conn.and_then(|c| self.conns.get(&c)) else {
+        let Some((id, c)) = conn.and_then(|id| self.conns.get(&id).map(|c| (id, c))) else {
             if let Some(client) = t.client {
                 self.core.handle_transport_error(client);
             }
@@ -1229,6 +1239,14 @@ impl Driver {
             if let Some(client) = t.client {
                 self.core.handle_transport_error(client);
             }
+        } else if let Some(client) = t.client {
+            let sent = self.sent_on.entry(id).or_default();
+            // Bounded by the transactions alive: the ended are dropped as the list doubles.
+            if sent.len() >= 64 && sent.len().is_power_of_two() {
+                let core = &self.core;
+                sent.retain(|c| core.has_client(*c));
+            }
+            sent.push(client);
         }
     }
 
