@@ -10,6 +10,7 @@ mod corpus;
 pub mod destination;
 pub mod gateway;
 pub mod im;
+pub mod log;
 pub mod mapping;
 pub mod msrp;
 pub mod presence;
