@@ -223,6 +223,7 @@ pub struct Config {
     pub msrp: MsrpConfig,
     pub chat: ChatConfig,
     pub runtime: RuntimeConfig,
+    pub log: crate::log::LogConfig,
 }
 
 /// `[runtime]`: the tokio runtime stox runs on.
@@ -379,6 +380,8 @@ struct RawConfig {
     chat: RawChat,
     #[serde(default)]
     runtime: RawRuntime,
+    #[serde(default)]
+    log: crate::log::RawLog,
 }
 
 #[derive(Deserialize, Default)]
@@ -960,6 +963,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         msrp,
         chat: validate_chat(raw.chat)?,
         runtime: validate_runtime(raw.runtime)?,
+        log: crate::log::validate_log(raw.log)?,
         store: StoreConfig {
             path: std::path::PathBuf::from(
                 raw.store

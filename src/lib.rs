@@ -11,6 +11,7 @@ pub mod destination;
 pub mod gateway;
 pub mod im;
 pub mod journal;
+pub mod log;
 pub mod mapping;
 pub mod msrp;
 pub mod presence;

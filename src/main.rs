@@ -53,14 +53,7 @@ fn main() -> ExitCode {
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    stox::log::init(&config.log);
     // Every MSRP chat session and SIP TCP/TLS connection is a descriptor: the soft limit
     // (1024 under many init systems) would cap chat sessions far below chat.max_sessions
     // while the hard limit allows them.
