@@ -165,7 +165,11 @@ async fn route_xmpp(
             }
             Stanza::Message(m) => match &chat {
                 // type=chat are chat sessions (RFC 7573) when [msrp] is configured.
-                Some(c) if m.type_ == xmpp_parsers::message::MessageType::Chat => c.xmpp(m),
+                Some(c) if m.type_ == xmpp_parsers::message::MessageType::Chat => {
+                    if let Some(bounce) = c.xmpp(m) {
+                        im.xmpp.send(bounce);
+                    }
+                }
                 _ if in_flight.len() < IN_FLIGHT => in_flight.push(im.clone().from_xmpp(m)),
                 _ => {
                     tokio::spawn(im.clone().from_xmpp(m));

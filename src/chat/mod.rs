@@ -42,9 +42,23 @@ pub struct ChatHandle {
 }
 
 impl ChatHandle {
-    pub fn xmpp(&self, m: Message) {
-        if self.tx.try_send(Input::Xmpp(m)).is_err() {
-            tracing::warn!("Chat queue full; a chat message was dropped.");
+    /// Queues a chat message for the chat task. A message that cannot be queued (the
+    /// queue is full, or the task is gone) is not dropped: the returned stanza bounces it
+    /// to its sender with `resource-constraint` (type wait), for the caller to send.
+    #[must_use = "a refused message must be bounced to its sender"]
+    pub fn xmpp(&self, m: Message) -> Option<Message> {
+        match self.tx.try_send(Input::Xmpp(m)) {
+            Ok(()) => None,
+            Err(
+                mpsc::error::TrySendError::Full(Input::Xmpp(m))
+                | mpsc::error::TrySendError::Closed(Input::Xmpp(m)),
+            ) => {
+                tracing::warn!(
+                    "Chat queue full; a chat message was bounced with resource-constraint."
+                );
+                queue_full_bounce(&m)
+            }
+            Err(_) => None,
         }
     }
 
@@ -57,6 +71,22 @@ impl ChatHandle {
             i.refuse_busy();
         }
     }
+}
+
+/// The error stanza for a chat message the chat queue could not take (RFC 6120 8.3.3.18:
+/// resource-constraint, type wait: the sender may try again later). None for an error
+/// stanza (never answered) or one without addresses.
+fn queue_full_bounce(m: &Message) -> Option<Message> {
+    if m.type_ == xmpp_parsers::message::MessageType::Error {
+        return None;
+    }
+    self::core::bounce(
+        m,
+        crate::mapping::error::stanza_error(
+            xmpp_parsers::stanza_error::DefinedCondition::ResourceConstraint,
+            "the gateway's chat queue is full; try again later",
+        ),
+    )
 }
 
 enum Internal {
@@ -595,5 +625,61 @@ async fn wait_closed(commands: &mut mpsc::UnboundedReceiver<MsrpCmd>) {
         if matches!(cmd, MsrpCmd::Close) {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+    use std::str::FromStr;
+    use xmpp_parsers::jid::Jid;
+    use xmpp_parsers::message::MessageType;
+    use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
+
+    fn chat(from: &str, to: &str) -> Message {
+        let mut m = Message::new(Some(Jid::from_str(to).unwrap()));
+        m.from = Some(Jid::from_str(from).unwrap());
+        m.type_ = MessageType::Chat;
+        m.id = Some(xmpp_parsers::message::Id("m1".into()));
+        m
+    }
+
+    #[tokio::test]
+    async fn a_full_chat_queue_bounces_with_resource_constraint_wait() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let h = ChatHandle { tx };
+        let first = chat(
+            "romeo@example.net/a",
+            "juliet\\40example.com@sip.example.net",
+        );
+        assert!(h.xmpp(first).is_none(), "the first fits");
+        let second = chat(
+            "romeo@example.net/a",
+            "juliet\\40example.com@sip.example.net",
+        );
+        let b = h
+            .xmpp(second.clone())
+            .expect("the second is bounced, not dropped");
+        assert_eq!(b.type_, MessageType::Error);
+        assert_eq!(b.to, second.from);
+        assert_eq!(b.from, second.to);
+        assert_eq!(b.id, second.id);
+        let err = b
+            .payloads
+            .iter()
+            .find_map(|p| StanzaError::try_from(p.clone()).ok())
+            .expect("a stanza error");
+        assert_eq!(err.defined_condition, DefinedCondition::ResourceConstraint);
+        assert_eq!(err.type_, ErrorType::Wait);
+        // The queued one is still there; once the task is gone, a message is bounced too.
+        assert!(matches!(rx.recv().await, Some(Input::Xmpp(_))));
+        drop(rx);
+        assert!(h
+            .xmpp(chat("romeo@example.net/a", "x@sip.example.net"))
+            .is_some());
+        // An error stanza is never answered.
+        let mut e = chat("romeo@example.net/a", "x@sip.example.net");
+        e.type_ = MessageType::Error;
+        assert!(h.xmpp(e).is_none());
     }
 }
